@@ -1,0 +1,1 @@
+//! Loom model tests for shmq; see tests/.

@@ -1,0 +1,140 @@
+//! Recovery of a participant proven dead (pure: no syscalls; the caller proves death and
+//! holds the lease, see `supervisor.rs`).
+//!
+//! Recovery **never writes a ring cell**: a cell is only ever changed by the commit CAS of
+//! its producer or by a "help remove" CAS that any live participant may do once the
+//! cell's message is claimed. Every repair is a CAS from the exact word just read, so a
+//! recovery killed halfway is simply run again (by whoever takes the lease over next),
+//! and a live participant racing it makes the CAS fail harmlessly.
+//!
+//! ```text
+//! recover(d, its ACTIVE word a):
+//!   for each slot s whose word w names owner d:
+//!     LOANED(g, d):
+//!       if pos[s] != NONE and cell[i(pos)] == F(l(pos), s): leave it            (V1a)
+//!       else: pos[s] = NONE; CAS w -> FREE(g+1)                                   (V1b)
+//!     HELD(g, d), at-least-once: orphans += 1; CAS w -> ORPHAN(g)               (V2a)
+//!     HELD(g, d), at-most-once:  pos[s] = NONE; CAS w -> FREE(g+1)                (V2b)
+//!   clear d's bits in both waiter bitmaps; ack_waiting[d] = 0                    (V3)
+//!   CAS state[d]: a -> FREE(gen(a)+1); roster_epoch += 1                          (V4)
+//!   bump not_empty and not_full (the caller issues the futex wakes)             (V5)
+//! ```
+//!
+//! | crash window (DESIGN §3) | what the dead left | step that repairs it |
+//! |---|---|---|
+//! | producer killed after alloc / while writing | LOANED(d), `pos` NONE | V1b frees it |
+//! | producer killed after S4 (`pos` set), before the commit | LOANED(d), cell at `pos` does not hold it | V1b frees it |
+//! | producer killed after the commit | LOANED(d), cell holds it | V1a leaves it: it is delivered |
+//! | consumer killed after its claim (R3), before or after clearing the cell | HELD(d); maybe a stale `F` cell | V2a: ORPHAN → redelivered (or V2b: dropped); helpers clear the cell |
+//! | consumer killed mid-ack (after K1) | HELD(d), `pos` NONE | V2a/V2b as above |
+//! | anyone killed while asleep or about to sleep | its waiter bits set | V3, so nobody pays a wake-up syscall for it forever |
+//! | anyone | an ACTIVE record, counted as a live peer | V4 (so `Disconnected` can be seen) |
+//! | recovery itself killed after any step | a prefix of the above done | the next lease holder reruns it: each step is a CAS from the word it reads, or a store of a value that is already right |
+//!
+//! Why V1a reads `pos` then the cell: `pos` was written by the dead producer before its
+//! commit and nobody else writes it while the slot is LOANED by `d`; the cell can only
+//! change from `F(l(pos), s)` after a consumer claims `s`, which changes the slot word and
+//! makes the final CAS of V1b fail. So "leave it" and "free it" are each right at the
+//! moment the CAS decides.
+//!
+//! V2a raises the `orphans` hint *before* the slot becomes ORPHAN so the hint is never
+//! below the truth for long: a recovery killed between the two leaves the hint one too
+//! high, which the next empty scan resets (`slots::claim_orphan`).
+
+use crate::layout::{
+    part_role, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState, POS_NONE,
+};
+use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
+
+/// What a recovery run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Unsent loans freed (V1b).
+    pub discarded: u64,
+    /// Committed messages left for delivery (V1a).
+    pub kept: u64,
+    /// Held messages made ORPHAN for redelivery (V2a).
+    pub orphaned: u64,
+    /// Held messages dropped (V2b).
+    pub dropped: u64,
+    /// Whether this run released the record (V4): false if a previous run had.
+    pub released: bool,
+}
+
+/// Recovers participant `d`, whose record word was `active` when it was proven dead.
+/// Also used by a handle leaving cleanly (it recovers itself, which frees whatever it
+/// still owned).
+///
+/// `dead` says whether `d` died (the run counts in the queue's recovery statistics) or is
+/// leaving cleanly.
+pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
+    let mut r = Report::default();
+    if part_role(active).is_none() {
+        return r;
+    }
+    for (s, rec) in q.slots.iter().enumerate() {
+        let w = rec.word.load(Acquire);
+        if slot_owner(w) != d {
+            continue;
+        }
+        match slot_state(w) {
+            Some(SlotState::Loaned) => {
+                if crate::ring::is_committed(q, s as u32) {
+                    r.kept += 1; // V1a
+                    continue;
+                }
+                rec.pos.store_cas_safe(POS_NONE, Release); // V1b
+                if rec
+                    .word
+                    .compare_exchange(w, crate::layout::slot_freed(w), AcqRel, Relaxed)
+                    .is_ok()
+                {
+                    r.discarded += 1;
+                }
+            }
+            Some(SlotState::Held) if !q.at_most_once => {
+                // V2a: hint first.
+                q.ctl.counters.orphans.fetch_add(1, AcqRel);
+                let orphan = slot_word(slot_gen(w), SlotState::Orphan, crate::layout::OWNER_NONE);
+                if rec.word.compare_exchange(w, orphan, AcqRel, Relaxed).is_ok() {
+                    r.orphaned += 1;
+                }
+            }
+            Some(SlotState::Held) => {
+                rec.pos.store_cas_safe(POS_NONE, Release); // V2b
+                if rec
+                    .word
+                    .compare_exchange(w, crate::layout::slot_freed(w), AcqRel, Relaxed)
+                    .is_ok()
+                {
+                    r.dropped += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    // V3.
+    let (word, bit) = (d as usize / 64, 1u64 << (d % 64));
+    if let Some(b) = q.ctl.not_empty_waiters.get(word) {
+        b.fetch_and(!bit, AcqRel);
+    }
+    if let Some(b) = q.ctl.not_full_waiters.get(word) {
+        b.fetch_and(!bit, AcqRel);
+    }
+    q.parts[d as usize].ack_waiting.store(0, Relaxed);
+    // V4.
+    r.released = crate::roster::release(q, d, active);
+    if dead {
+        let c = &q.ctl.counters;
+        c.discarded.fetch_add(r.discarded, Relaxed);
+        c.orphaned.fetch_add(r.orphaned, Relaxed);
+        c.dropped.fetch_add(r.dropped, Relaxed);
+        if r.released {
+            c.recoveries.fetch_add(1, Relaxed);
+        }
+    }
+    // V5: the caller wakes.
+    q.ctl.not_empty.fetch_add(1, Release);
+    q.ctl.not_full.fetch_add(1, Release);
+    r
+}

@@ -1,0 +1,250 @@
+//! The only door to atomics, fences, `UnsafeCell` and spin hints.
+//!
+//! Everything in shared memory goes through the types here, so that building with
+//! `RUSTFLAGS="--cfg shmq_loom"` swaps every one of them for its [loom] counterpart and the
+//! loom models in `loom-tests/` check *the production algorithms*, not a copy.
+//!
+//! * In normal builds each atomic is a `#[repr(transparent)]` wrapper over the std type, so
+//!   it has the size and alignment the shared layout pins down, and every method inlines
+//!   to the bare instruction.
+//! * Under `shmq_loom` each operation first calls [`crash::step`], which counts the
+//!   shared-memory steps of the current model thread and, when the model asked for it,
+//!   stops that thread dead *before* the step (a simulated SIGKILL: see [`crash`]).
+//!
+//! Two loom-specific deviations, both documented where they bite:
+//! * Loom 0.7 does not order a plain `store` against a concurrent CAS on the same word
+//!   and can then show traces no hardware can produce. Words that are both stored and
+//!   CASed (`pos`) use [`AtomicU64::store_cas_safe`], a swap under loom and a store
+//!   otherwise.
+//! * Loom treats `SeqCst` loads and stores as `AcqRel`; the eventcount relies on `SeqCst`
+//!   *fences*, which loom does model.
+//!
+//! [loom]: https://docs.rs/loom
+
+#[cfg(not(shmq_loom))]
+pub(crate) use std::sync::atomic::{fence, Ordering};
+
+#[cfg(shmq_loom)]
+pub(crate) use loom::sync::atomic::Ordering;
+
+/// A sequentially consistent (or other) fence that counts as a step under loom.
+#[cfg(shmq_loom)]
+pub fn fence(order: Ordering) {
+    crash::step();
+    loom::sync::atomic::fence(order)
+}
+
+/// A hint that we are spinning. Under loom it yields to the scheduler, which is what
+/// makes spin loops finite in a model.
+#[inline]
+pub fn spin_hint() {
+    #[cfg(not(shmq_loom))]
+    std::hint::spin_loop();
+    #[cfg(shmq_loom)]
+    loom::thread::yield_now();
+}
+
+macro_rules! atomic_wrapper {
+    ($name:ident, $int:ty, $std:ty, $loom:ty) => {
+        /// An atomic that lives in shared memory (see the module doc).
+        #[repr(transparent)]
+        #[derive(Debug, Default)]
+        pub struct $name(#[cfg(not(shmq_loom))] $std, #[cfg(shmq_loom)] $loom);
+
+        #[allow(dead_code)]
+        impl $name {
+            /// A new atomic holding `v`.
+            #[cfg(not(shmq_loom))]
+            pub const fn new(v: $int) -> Self {
+                Self(<$std>::new(v))
+            }
+            /// A new atomic holding `v`.
+            #[cfg(shmq_loom)]
+            pub fn new(v: $int) -> Self {
+                Self(<$loom>::new(v))
+            }
+            #[inline]
+            pub fn load(&self, o: Ordering) -> $int {
+                crash::step();
+                self.0.load(o)
+            }
+            #[inline]
+            pub fn store(&self, v: $int, o: Ordering) {
+                crash::step();
+                self.0.store(v, o)
+            }
+            /// A store to a word that other threads also CAS. A plain store in normal
+            /// builds; a swap under loom, which otherwise fails to order a store against a
+            /// concurrent CAS on the same word (see the module doc).
+            #[inline]
+            pub fn store_cas_safe(&self, v: $int, o: Ordering) {
+                crash::step();
+                #[cfg(not(shmq_loom))]
+                self.0.store(v, o);
+                #[cfg(shmq_loom)]
+                {
+                    let o = match o {
+                        Ordering::Release => Ordering::AcqRel,
+                        o => o,
+                    };
+                    self.0.swap(v, o);
+                }
+            }
+            #[inline]
+            pub fn swap(&self, v: $int, o: Ordering) -> $int {
+                crash::step();
+                self.0.swap(v, o)
+            }
+            #[inline]
+            pub fn compare_exchange(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int> {
+                crash::step();
+                self.0.compare_exchange(current, new, success, failure)
+            }
+            #[inline]
+            pub fn fetch_add(&self, v: $int, o: Ordering) -> $int {
+                crash::step();
+                self.0.fetch_add(v, o)
+            }
+            #[inline]
+            pub fn fetch_or(&self, v: $int, o: Ordering) -> $int {
+                crash::step();
+                self.0.fetch_or(v, o)
+            }
+            #[inline]
+            pub fn fetch_and(&self, v: $int, o: Ordering) -> $int {
+                crash::step();
+                self.0.fetch_and(v, o)
+            }
+            /// The address of the word, for the futex syscall.
+            #[inline]
+            pub fn as_ptr(&self) -> *const $int {
+                self as *const Self as *const $int
+            }
+        }
+    };
+}
+
+atomic_wrapper!(
+    AtomicU64,
+    u64,
+    std::sync::atomic::AtomicU64,
+    loom::sync::atomic::AtomicU64
+);
+atomic_wrapper!(
+    AtomicU32,
+    u32,
+    std::sync::atomic::AtomicU32,
+    loom::sync::atomic::AtomicU32
+);
+
+/// A cell for bytes that are handed from one owner to the next by the slot protocol
+/// (inline payloads). Under loom it is loom's `UnsafeCell`, so a read that races with a
+/// write (for instance a stale consumer reading a slot that is being rewritten) fails the
+/// model.
+#[derive(Debug)]
+#[repr(transparent)]
+pub struct UnsafeCell<T>(
+    #[cfg(not(shmq_loom))] std::cell::UnsafeCell<T>,
+    #[cfg(shmq_loom)] loom::cell::UnsafeCell<T>,
+);
+
+#[allow(dead_code)]
+impl<T> UnsafeCell<T> {
+    /// A new cell holding `v`.
+    pub fn new(v: T) -> Self {
+        #[cfg(not(shmq_loom))]
+        return Self(std::cell::UnsafeCell::new(v));
+        #[cfg(shmq_loom)]
+        return Self(loom::cell::UnsafeCell::new(v));
+    }
+
+    /// Runs `f` with a shared pointer to the contents.
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        crash::step();
+        #[cfg(not(shmq_loom))]
+        return f(self.0.get());
+        #[cfg(shmq_loom)]
+        return self.0.with(f);
+    }
+
+    /// Runs `f` with a mutable pointer to the contents.
+    #[inline]
+    pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        crash::step();
+        #[cfg(not(shmq_loom))]
+        return f(self.0.get());
+        #[cfg(shmq_loom)]
+        return self.0.with_mut(f);
+    }
+}
+
+/// Crash injection for the loom models.
+///
+/// A model marks one thread as the victim with [`crash::arm`]`(k)`: that thread then
+/// panics with [`crash::Killed`] just *before* its `k`-th shared-memory step (`k = 0`: before
+/// the first), which the model catches at the top of the thread. Everything the thread did
+/// stays as it was, exactly as after a SIGKILL: no destructor of ours touches shared
+/// memory (the pure algorithms own no guards). Outside loom, every function here compiles
+/// to nothing.
+pub mod crash {
+    #[cfg(shmq_loom)]
+    use std::cell::Cell;
+
+    /// The panic payload of a simulated kill.
+    #[derive(Debug)]
+    pub struct Killed;
+
+    #[cfg(shmq_loom)]
+    std::thread_local! {
+        // Steps left before the kill; `u64::MAX` = not a victim.
+        static LEFT: Cell<u64> = const { Cell::new(u64::MAX) };
+        static TAKEN: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Counts one shared-memory step of the current thread; kills it if it is armed and
+    /// out of steps.
+    #[inline(always)]
+    pub fn step() {
+        #[cfg(shmq_loom)]
+        {
+            TAKEN.with(|t| t.set(t.get() + 1));
+            LEFT.with(|l| match l.get() {
+                u64::MAX => {}
+                0 => {
+                    l.set(u64::MAX);
+                    std::panic::panic_any(Killed);
+                }
+                n => l.set(n - 1),
+            });
+        }
+    }
+
+    /// Makes the current thread die before its `k`-th shared-memory step from now.
+    pub fn arm(k: u64) {
+        #[cfg(shmq_loom)]
+        {
+            LEFT.with(|l| l.set(k));
+            TAKEN.with(|t| t.set(0));
+        }
+        #[cfg(not(shmq_loom))]
+        let _ = k;
+    }
+
+    /// Disarms the current thread; returns how many steps it took since [`arm`].
+    pub fn disarm() -> u64 {
+        #[cfg(shmq_loom)]
+        {
+            LEFT.with(|l| l.set(u64::MAX));
+            TAKEN.with(|t| t.get())
+        }
+        #[cfg(not(shmq_loom))]
+        0
+    }
+}

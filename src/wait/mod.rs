@@ -1,0 +1,121 @@
+//! Blocking: an eventcount over a cross-process futex word.
+//!
+//! # Contract of a [`Futex`]
+//!
+//! * `wait(word, expected, timeout)` sleeps while `*word == expected`, until a `wake` on
+//!   the same word from any process, or the timeout. It may return early for any reason
+//!   (spurious wake-ups, signals): callers re-check their condition and their deadline.
+//! * `wake_all(word)` wakes every process sleeping on `word`.
+//!
+//! The words live in the shared header, so the futex must be the *shared* kind (Linux:
+//! `SYS_futex` without `FUTEX_PRIVATE_FLAG`, keyed by the physical page, see `linux.rs`).
+//! Other targets get `fallback.rs`, a bounded spin then short sleeps, until a native shared
+//! primitive is written for them.
+//!
+//! # The eventcount
+//!
+//! ```text
+//! waiter                                   waker
+//!   poll(); spin a little                    change the state (CAS, AcqRel)
+//!   set my bit in `waiters`                  fence(SeqCst)
+//!   loop:                                    if any bit in `waiters`:
+//!     fence(SeqCst)                              seq += 1
+//!     s = seq                                    futex_wake(seq)
+//!     if poll() is ready: clear bit; done
+//!     futex_wait(seq, s, remaining time)
+//! ```
+//!
+//! The two SeqCst fences order "my bit is set" against "the state changed": either the
+//! waker sees the bit (and bumps `seq`, so a waiter that loaded the old `s` does not
+//! sleep, or is woken), or the waiter's `poll` sees the new state. No syscall is made when
+//! nobody waits. The bit lives in a per-queue bitmap indexed by participant so a waker
+//! tests 64 waiters with one load, and so recovery can clear a dead waiter's bit
+//! (`recovery.rs` V3). Modelled in `loom-tests/tests/eventcount.rs`.
+
+use crate::sync::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+#[cfg(target_os = "linux")]
+#[path = "linux.rs"]
+mod imp;
+
+#[cfg(not(target_os = "linux"))]
+#[path = "fallback.rs"]
+mod imp;
+
+pub use imp::OsFutex;
+
+/// A futex-like primitive on a `u32` word (see the module doc for the contract).
+pub trait Futex {
+    /// Sleeps while `*word == expected`, at most `timeout` (`None`: no limit). May return
+    /// early.
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
+    /// Wakes every sleeper on `word`.
+    fn wake_all(&self, word: &AtomicU32);
+}
+
+/// Spins before sleeping: enough to catch a peer that is mid-operation on another core,
+/// short enough to stay cheap (a few microseconds).
+pub const SPIN_ROUNDS: u32 = 64;
+
+/// The outcome of [`block_on`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait<T> {
+    /// `poll` returned a value.
+    Ready(T),
+    /// `remaining` said the time is up.
+    TimedOut,
+}
+
+/// Waits until `poll` returns `Some`, sleeping on `seq` with participant `me`'s bit set in
+/// `waiters`. `remaining()` gives the time left (`Some(None)` = forever, `None` = expired);
+/// it is asked before every sleep, so it may also cap the sleep (a slice after which the
+/// caller checks on its peers).
+pub fn block_on<T, F: Futex>(
+    futex: &F,
+    seq: &AtomicU32,
+    waiters: &[AtomicU64],
+    me: u16,
+    mut poll: impl FnMut() -> Option<T>,
+    mut remaining: impl FnMut() -> Option<Option<Duration>>,
+) -> Wait<T> {
+    for _ in 0..SPIN_ROUNDS {
+        if let Some(v) = poll() {
+            return Wait::Ready(v);
+        }
+        spin_hint();
+    }
+    let (word, bit) = (&waiters[me as usize / 64], 1u64 << (me % 64));
+    word.fetch_or(bit, Ordering::SeqCst);
+    let out = loop {
+        // SYNC POINT: eventcount (pairs with the fence in `notify`).
+        fence(Ordering::SeqCst);
+        let s = seq.load(Ordering::Acquire);
+        if let Some(v) = poll() {
+            break Wait::Ready(v);
+        }
+        match remaining() {
+            None => break Wait::TimedOut,
+            Some(left) => futex.wait(seq, s, left),
+        }
+    };
+    word.fetch_and(!bit, Ordering::Relaxed);
+    out
+}
+
+/// Wakes the waiters of `seq` if any bit in `waiters` is set. Call after the state change
+/// the waiters poll for.
+pub fn notify<F: Futex>(futex: &F, seq: &AtomicU32, waiters: &[AtomicU64]) {
+    // SYNC POINT: eventcount (pairs with the fence in `block_on`).
+    fence(Ordering::SeqCst);
+    if waiters.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
+        seq.fetch_add(1, Ordering::Release);
+        futex.wake_all(seq);
+    }
+}
+
+/// Wakes every sleeper on `seq` unconditionally (after a peer left or was recovered).
+pub fn bump<F: Futex>(futex: &F, seq: &AtomicU32) {
+    seq.fetch_add(1, Ordering::Release);
+    futex.wake_all(seq);
+}
