@@ -104,6 +104,7 @@ use crate::layout::{
     cell_empty, cell_full, cell_is_full, cell_lap, cell_slot, lap_diff, slot_gen, slot_state,
     slot_word, Shared, SlotState,
 };
+use crate::sync::mutation::{self, Mutation};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// Why a ring operation could not go on.
@@ -154,6 +155,7 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
             let prev = t.wrapping_sub(q.cap);
             match is_live(q, x, prev)? {
                 true => return Err(RingError::Full),
+                false if mutation::on(Mutation::NoHelping) => return Err(RingError::Full),
                 false => {
                     help_remove(q, prev, x);
                     continue;
@@ -219,9 +221,14 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
         }
         let rec = &q.slots[s as usize];
         // R2: the word first, then pos (see the module doc).
-        let w = rec.word.load(Acquire);
-        let p = rec.pos.load(Acquire);
-        if slot_state(w) == Some(SlotState::Loaned) && p == h {
+        let (w, p) = if mutation::on(Mutation::PosBeforeWord) {
+            let p = rec.pos.load(Acquire);
+            (rec.word.load(Acquire), p)
+        } else {
+            let w = rec.word.load(Acquire);
+            (w, rec.pos.load(Acquire))
+        };
+        if slot_state(w) == Some(SlotState::Loaned) && (p == h || mutation::on(Mutation::NoPosCheck)) {
             // R3: the claim. SYNC POINT: slot-claim.
             let held = slot_word(slot_gen(w), SlotState::Held, me);
             if rec.word.compare_exchange(w, held, AcqRel, Acquire).is_ok() {
@@ -235,6 +242,9 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
             continue;
         }
         // Claimed by someone else (or stale): help clear the cell and move on.
+        if mutation::on(Mutation::NoHelping) {
+            return Err(RingError::Empty);
+        }
         help_remove(q, h, x);
     }
 }
@@ -252,7 +262,7 @@ fn is_live(q: &Shared<'_>, x: u64, at: u64) -> Result<bool, RingError> {
     // Word first, then pos (see R2).
     let w = rec.word.load(Acquire);
     let p = rec.pos.load(Acquire);
-    Ok(slot_state(w) == Some(SlotState::Loaned) && p == at)
+    Ok(slot_state(w) == Some(SlotState::Loaned) && (p == at || mutation::on(Mutation::NoPosCheck)))
 }
 
 /// Clears cell word `x` at position `at` (its message is claimed or stale) and advances

@@ -93,7 +93,9 @@ fn try_take(q: &Shared<'_>, me: u16, s: usize, w: u64) -> Option<(u32, u64)> {
 pub fn free(q: &Shared<'_>, s: u32, w: u64) -> bool {
     let rec = &q.slots[s as usize];
     // K1: pos first (see the module doc).
-    rec.pos.store_cas_safe(POS_NONE, Release);
+    if !crate::sync::mutation::on(crate::sync::mutation::Mutation::NoPosReset) {
+        rec.pos.store_cas_safe(POS_NONE, Release);
+    }
     // K2. SYNC POINT: slot-free (Release).
     rec.word
         .compare_exchange(w, slot_freed(w), AcqRel, Relaxed)

@@ -248,3 +248,45 @@ pub mod crash {
         0
     }
 }
+
+/// Negative controls for the loom models: each [`Mutation`] switches off one rule of the
+/// protocol so a model can show that the rule is needed (the model must then fail).
+/// Outside loom, [`mutation::on`] is the constant `false` and every check folds away.
+pub mod mutation {
+    /// A rule that a model may switch off.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum Mutation {
+        /// ring.rs R2 and the Full check ignore `pos` (the LOANED state alone decides).
+        NoPosCheck = 1,
+        /// slots.rs K1: freeing a slot leaves its old `pos`.
+        NoPosReset = 2,
+        /// ring.rs R2: read `pos` before the slot word.
+        PosBeforeWord = 4,
+        /// Nobody clears a stale cell or advances `head` past it (no helping).
+        NoHelping = 8,
+    }
+
+    #[cfg(shmq_loom)]
+    static ON: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    /// Switches `m` on (process-wide; set before `loom::model`, reset after).
+    pub fn set(m: Option<Mutation>) {
+        #[cfg(shmq_loom)]
+        ON.store(m.map_or(0, |m| m as u32), std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(shmq_loom))]
+        let _ = m;
+    }
+
+    /// Whether `m` is switched on.
+    #[inline(always)]
+    pub fn on(m: Mutation) -> bool {
+        #[cfg(shmq_loom)]
+        return ON.load(std::sync::atomic::Ordering::Relaxed) & m as u32 != 0;
+        #[cfg(not(shmq_loom))]
+        {
+            let _ = m;
+            false
+        }
+    }
+}
