@@ -9,12 +9,13 @@
 //!
 //! ```text
 //! recover(d, its ACTIVE word a):
+//!   if state[d] != a: return (recovered already; the index may be someone else's now) (V0)
 //!   for each slot s whose word w names owner d:
 //!     LOANED(g, d):
 //!       if pos[s] != NONE and cell[i(pos)] == F(l(pos), s): leave it            (V1a)
-//!       else: pos[s] = NONE; CAS w -> FREE(g+1)                                   (V1b)
+//!       else: CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)                            (V1b)
 //!     HELD(g, d), at-least-once: orphans += 1; CAS w -> ORPHAN(g)               (V2a)
-//!     HELD(g, d), at-most-once:  pos[s] = NONE; CAS w -> FREE(g+1)                (V2b)
+//!     HELD(g, d), at-most-once:  CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)         (V2b)
 //!   clear d's bits in both waiter bitmaps; ack_waiting[d] = 0                    (V3)
 //!   CAS state[d]: a -> FREE(gen(a)+1); roster_epoch += 1                          (V4)
 //!   bump not_empty and not_full (the caller issues the futex wakes)             (V5)
@@ -69,7 +70,9 @@ pub struct Report {
 /// leaving cleanly.
 pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
     let mut r = Report::default();
-    if part_role(active).is_none() {
+    // V0: recover only the incarnation that was judged dead (the record may have been
+    // recovered and taken by a live participant since).
+    if part_role(active).is_none() || q.parts[d as usize].state.load(Acquire) != active {
         return r;
     }
     for (s, rec) in q.slots.iter().enumerate() {
@@ -83,7 +86,10 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
                     r.kept += 1; // V1a
                     continue;
                 }
-                rec.pos.store_cas_safe(POS_NONE, Release); // V1b
+                // V1b: pos by CAS from the value is_committed saw, so a rerun racing a
+                // new owner cannot clobber that owner's pos.
+                let p = rec.pos.load(Acquire);
+                let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
                 if rec
                     .word
                     .compare_exchange(w, crate::layout::slot_freed(w), AcqRel, Relaxed)
@@ -101,7 +107,8 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
                 }
             }
             Some(SlotState::Held) => {
-                rec.pos.store_cas_safe(POS_NONE, Release); // V2b
+                let p = rec.pos.load(Acquire); // V2b
+                let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
                 if rec
                     .word
                     .compare_exchange(w, crate::layout::slot_freed(w), AcqRel, Relaxed)
@@ -110,8 +117,9 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
                     r.dropped += 1;
                 }
             }
-            _ => {}
+            _ => continue,
         }
+        crate::fault::point("recover.slot");
     }
     // V3.
     let (word, bit) = (d as usize / 64, 1u64 << (d % 64));
@@ -133,6 +141,7 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
             c.recoveries.fetch_add(1, Relaxed);
         }
     }
+    crate::fault::point("recover.release");
     // V5: the caller wakes.
     q.ctl.not_empty.fetch_add(1, Release);
     q.ctl.not_full.fetch_add(1, Release);

@@ -135,9 +135,11 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
         if x == cell_empty(lt) {
             // S4: record where we publish, before the commit makes the slot visible.
             rec.pos.store_cas_safe(t, Release);
+            crate::fault::point("send.pos");
             // S5: the commit.                                   { lap: l(t), index: i(t) }
             // SYNC POINT: cell-commit (Release: payload, len, sender, pos).
             if cell.compare_exchange(x, cell_full(lt, s), AcqRel, Acquire).is_ok() {
+                crate::fault::point("send.commit");
                 // S6: advance the hint; failure means someone helped.
                 let _ = q.ctl.tail.compare_exchange(t, t + 1, AcqRel, Relaxed);
                 return Ok(t);
@@ -232,6 +234,7 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
             // R3: the claim. SYNC POINT: slot-claim.
             let held = slot_word(slot_gen(w), SlotState::Held, me);
             if rec.word.compare_exchange(w, held, AcqRel, Acquire).is_ok() {
+                crate::fault::point("recv.claim");
                 help_remove(q, h, x); // R4, R5
                 return Ok(Claimed {
                     slot: s,
@@ -270,6 +273,7 @@ fn is_live(q: &Shared<'_>, x: u64, at: u64) -> Result<bool, RingError> {
 fn help_remove(q: &Shared<'_>, at: u64, x: u64) {
     let next = cell_empty(q.lap(at) + 1); //          { lap: l(at)+1, index: i(at) }
     let _ = q.cells[q.idx(at)].compare_exchange(x, next, AcqRel, Relaxed);
+    crate::fault::point("recv.cleared");
     let _ = q.ctl.head.compare_exchange(at, at + 1, AcqRel, Relaxed);
 }
 

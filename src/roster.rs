@@ -60,6 +60,7 @@ pub fn register(q: &Shared<'_>, idx: u16, role: Role, id: Identity) -> Result<u6
     // G2. SYNC POINT: roster (Release: the fields above; pairs with the Acquire loads of
     // `state` in `count_roles` and liveness checks).
     rec.state.compare_exchange(w, active, AcqRel, Acquire)?;
+    crate::fault::point("register.cas");
     // G3.
     q.ctl.counters.roster_epoch.fetch_add(1, Release);
     Ok(active)

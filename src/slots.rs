@@ -96,6 +96,7 @@ pub fn free(q: &Shared<'_>, s: u32, w: u64) -> bool {
     if !crate::sync::mutation::on(crate::sync::mutation::Mutation::NoPosReset) {
         rec.pos.store_cas_safe(POS_NONE, Release);
     }
+    crate::fault::point("ack.pos");
     // K2. SYNC POINT: slot-free (Release).
     rec.word
         .compare_exchange(w, slot_freed(w), AcqRel, Relaxed)
@@ -145,6 +146,7 @@ pub fn claim_orphan(q: &Shared<'_>, me: u16, start: usize) -> Option<(u32, u64)>
             .compare_exchange(w, held, AcqRel, Relaxed)
             .is_ok()
         {
+            crate::fault::point("orphan.claim");
             // O2: saturating decrement of the hint.
             let mut c = q.ctl.counters.orphans.load(Relaxed);
             while c > 0 {

@@ -1,0 +1,81 @@
+//! Fault injection for tests: with the `fault-injection` feature, the environment variable
+//! `SHMQ_CRASH_AT=<point>` makes the process SIGKILL itself when it reaches that named
+//! crash point (after skipping the first `SHMQ_CRASH_SKIP` hits, default 0). Without the
+//! feature, [`point`] is an empty inline function and the names below are all that remain.
+
+/// Every named crash point, in protocol order, with the window it opens.
+pub const POINTS: &[(&str, &str)] = &[
+    (
+        "send.alloc",
+        "producer holds a LOANED slot, nothing written (slots A1)",
+    ),
+    (
+        "send.grow",
+        "producer bumped a segment's epoch, object not resized yet (segment G1)",
+    ),
+    ("send.written", "payload written, not published"),
+    ("send.pos", "pos set, commit not done (ring S4)"),
+    ("send.commit", "committed, tail not advanced (ring S5)"),
+    ("send.published", "committed, readers not woken"),
+    ("recv.claim", "slot HELD, cell not cleared (ring R3)"),
+    ("recv.cleared", "cell cleared, head not advanced (ring R4)"),
+    (
+        "recv.claimed",
+        "message claimed, not yet handed to the caller",
+    ),
+    (
+        "orphan.claim",
+        "ORPHAN slot reclaimed, hint not lowered (slots O1)",
+    ),
+    ("ack.pos", "pos reset, slot still HELD (slots K1)"),
+    ("ack.freed", "slot FREE, sender not woken (slots K2)"),
+    (
+        "register.cas",
+        "record ACTIVE, roster epoch not bumped (roster G2)",
+    ),
+    (
+        "recover.slot",
+        "recovery repaired one slot of a dead participant",
+    ),
+    (
+        "recover.release",
+        "recovery released the dead record, waiters not woken (V4)",
+    ),
+];
+
+/// Kills the process here if the environment asks for this point.
+#[inline(always)]
+pub fn point(name: &'static str) {
+    #[cfg(all(feature = "fault-injection", not(shmq_loom)))]
+    imp::point(name);
+    #[cfg(not(all(feature = "fault-injection", not(shmq_loom))))]
+    let _ = name;
+}
+
+#[cfg(all(feature = "fault-injection", not(shmq_loom)))]
+mod imp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static CONFIG: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn point(name: &'static str) {
+        let cfg = CONFIG.get_or_init(|| {
+            let at = std::env::var("SHMQ_CRASH_AT").ok()?;
+            let skip = std::env::var("SHMQ_CRASH_SKIP")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            Some((at, skip))
+        });
+        if let Some((at, skip)) = cfg {
+            if at == name && HITS.fetch_add(1, Ordering::SeqCst) >= *skip {
+                // SAFETY: plain syscalls; SIGKILL cannot be caught, so nothing after runs.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! The public handles: [`Sender`], [`Loan`], [`Receiver`], [`Message`].
+
+use crate::error::{
+    AckTimeoutError, Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
+use crate::layout::{part_gen, sender_idx, sender_word, Role, SlotState};
+use crate::queue::{Queue, Reg, Supervision};
+use crate::ring::{self, RingError};
+use crate::segment::{self, GrowError, Seg};
+use crate::slots;
+use crate::sync::Ordering::{AcqRel, Relaxed};
+use crate::wait::{self, Wait};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One participant record held by a handle (and by its loans and messages, which keep
+/// the record alive until they are gone).
+pub(crate) struct Participant {
+    pub q: Arc<Queue>,
+    reg: Option<Reg>,
+}
+
+impl Participant {
+    pub fn new(q: Arc<Queue>, role: Role) -> Result<Arc<Participant>, Error> {
+        let reg = q.register(role)?;
+        Ok(Arc::new(Participant { q, reg: Some(reg) }))
+    }
+    fn reg(&self) -> &Reg {
+        self.reg.as_ref().expect("registered until dropped")
+    }
+    fn idx(&self) -> u16 {
+        self.reg().idx
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        if let Some(reg) = self.reg.take() {
+            self.q.leave(reg);
+        }
+    }
+}
+
+/// The time-left callback of `wait::block_on` for a deadline: sleeps are capped at the
+/// queue's wait slice; in [`Supervision::Manual`] mode each slice ends with a repair pass
+/// so a dead peer is noticed even when nobody else supervises.
+fn remaining(
+    q: &Queue,
+    deadline: Option<Instant>,
+) -> impl FnMut() -> Option<Option<Duration>> + '_ {
+    let slice = q.wait_slice();
+    let mut first = true;
+    move || {
+        if !first && q.supervision == Supervision::Manual {
+            let _ = crate::supervisor::repair(q);
+        }
+        first = false;
+        match deadline {
+            None => Some(Some(slice)),
+            Some(d) => {
+                let left = d.checked_duration_since(Instant::now())?;
+                if left.is_zero() {
+                    return None;
+                }
+                Some(Some(left.min(slice)))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sender
+
+/// The sending side of a queue. Each clone is a participant of its own.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (tx, rx) = shmq::channel(8)?;
+/// tx.send(b"hello")?;
+/// assert_eq!(&*rx.recv()?, b"hello");
+/// # Ok(()) }
+/// ```
+pub struct Sender {
+    p: Arc<Participant>,
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("queue", &self.p.q.name)
+            .field("participant", &self.p.idx())
+            .finish()
+    }
+}
+
+impl Sender {
+    pub(crate) fn from_queue(q: Arc<Queue>) -> Result<Sender, Error> {
+        Ok(Sender {
+            p: Participant::new(q, Role::Sender)?,
+        })
+    }
+
+    /// Attaches a new sender to the existing queue `name` (from any process).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) if there is no such queue;
+    /// `NotAQueue`, `VersionMismatch` or `Corrupt` if the object is not a queue this
+    /// version can use; `InvalidName`; `PermissionDenied`; `TooManyParticipants`.
+    pub fn open(name: &str) -> Result<Sender, Error> {
+        crate::Builder::new().name(name).open_sender()
+    }
+
+    /// Another sender on the same queue, as a participant of its own.
+    ///
+    /// # Errors
+    /// `TooManyParticipants` if every record is taken.
+    pub fn try_clone(&self) -> Result<Sender, Error> {
+        Sender::from_queue(self.p.q.clone())
+    }
+
+    /// The queue's name (pass it to [`Receiver::open`] in another process).
+    pub fn name(&self) -> &str {
+        &self.p.q.name
+    }
+
+    /// The largest message this queue takes, in bytes.
+    pub fn max_message_size(&self) -> u64 {
+        self.p.q.dims.max_message_size
+    }
+
+    fn disconnected(&self) -> bool {
+        self.p.q.peers().1 == 0
+    }
+
+    fn check_len(&self, len: usize) -> Result<u64, TrySendError> {
+        let max = self.max_message_size();
+        let len = len as u64;
+        if len > max {
+            return Err(TrySendError::TooLarge { len, max });
+        }
+        Ok(len)
+    }
+
+    /// One attempt to take a payload slot of `len` bytes. `Ok(None)`: none free (or the
+    /// payload bound is reached) right now.
+    fn alloc(&self, len: u64) -> Result<Option<Loan>, Error> {
+        let q = &self.p.q;
+        let s = q.shared();
+        let me = self.p.idx();
+        let fits =
+            |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
+        let Some((slot, word)) = slots::alloc(&s, me, q.next_cursor(), fits) else {
+            return Ok(None);
+        };
+        crate::fault::point("send.alloc");
+        let rec = &s.slots[slot as usize];
+        let (ptr, seg) = if segment::is_inline(len) {
+            (rec.inline.with_mut(|p| p as *mut u8), None)
+        } else {
+            let d = &q.dims;
+            match q
+                .segs
+                .for_write(&s, slot, len, me, d.max_message_size, d.max_payload_bytes)
+            {
+                Ok(seg) => (seg.ptr(), Some(seg)),
+                Err(e) => {
+                    slots::free(&s, slot, word);
+                    return match e {
+                        GrowError::PoolFull => Ok(None),
+                        GrowError::Failed(e) => Err(e),
+                    };
+                }
+            }
+        };
+        rec.len.store(len, Relaxed);
+        rec.sender
+            .store(sender_word(me, part_gen(self.p.reg().word)), Relaxed);
+        Ok(Some(Loan {
+            p: self.p.clone(),
+            slot,
+            word,
+            ptr,
+            len: len as usize,
+            _seg: seg,
+            sent: false,
+        }))
+    }
+
+    fn loan_until(&self, len: usize, deadline: Option<Instant>) -> Result<Loan, SendTimeoutError> {
+        let len = self.check_len(len)?;
+        if self.disconnected() {
+            return Err(SendTimeoutError::Disconnected);
+        }
+        let q = &self.p.q;
+        let s = q.shared();
+        let r = wait::block_on(
+            &q.futex,
+            &s.ctl.not_full,
+            q.bitmap(&s.ctl.not_full_waiters),
+            self.p.idx(),
+            || match self.alloc(len) {
+                Ok(Some(l)) => Some(Ok(l)),
+                Err(e) => Some(Err(SendTimeoutError::Failed(e))),
+                Ok(None) if self.disconnected() => Some(Err(SendTimeoutError::Disconnected)),
+                Ok(None) => None,
+            },
+            remaining(q, deadline),
+        );
+        match r {
+            Wait::Ready(r) => r,
+            Wait::TimedOut => Err(SendTimeoutError::Timeout),
+        }
+    }
+
+    /// Takes a payload buffer of `len` bytes to fill in place, then [`Loan::send`]. Blocks
+    /// while every payload slot is in use (messages queued, held by receivers, or loaned).
+    ///
+    /// # Errors
+    /// `TooLarge` above [`max_message_size`](Self::max_message_size); `Disconnected` if no
+    /// receiver is attached; `Failed` if shared memory cannot be sized (e.g. `/dev/shm`
+    /// full).
+    pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
+        self.loan_until(len, None).map_err(SendError::from)
+    }
+
+    /// Like [`loan`](Self::loan) but never blocks: `Full` if no payload slot is free.
+    ///
+    /// # Errors
+    /// As [`loan`](Self::loan), plus `Full`.
+    pub fn try_loan(&self, len: usize) -> Result<Loan, TrySendError> {
+        let len = self.check_len(len)?;
+        if self.disconnected() {
+            return Err(TrySendError::Disconnected);
+        }
+        match self.alloc(len)? {
+            Some(l) => Ok(l),
+            None => Err(TrySendError::Full),
+        }
+    }
+
+    /// Sends a copy of `msg`, blocking while the queue is full.
+    ///
+    /// # Errors
+    /// `Disconnected` if no receiver is attached; `TooLarge`; `Failed` on an OS failure.
+    pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
+        self.send_until(msg, None).map_err(SendError::from)
+    }
+
+    /// Sends a copy of `msg`, waiting at most `timeout` for space.
+    ///
+    /// # Errors
+    /// `Timeout` if the queue stayed full; otherwise as [`send`](Self::send).
+    pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
+        self.send_until(msg, Some(Instant::now() + timeout))
+    }
+
+    fn send_until(&self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        let mut loan = self.loan_until(msg.len(), deadline)?;
+        loan.copy_from_slice(msg);
+        crate::fault::point("send.written");
+        loan.publish_until(deadline).map_err(|u| u.error)
+    }
+
+    /// Sends a copy of `msg` if there is room right now.
+    ///
+    /// # Errors
+    /// `Full` if `capacity` messages are queued or no payload slot is free; otherwise as
+    /// [`send`](Self::send).
+    pub fn try_send(&self, msg: &[u8]) -> Result<(), TrySendError> {
+        self.check_len(msg.len())?;
+        // Spare the copy when it could not be sent anyway (racy; `publish` decides).
+        if ring::looks_full(&self.p.q.shared()) {
+            return Err(if self.disconnected() {
+                TrySendError::Disconnected
+            } else {
+                TrySendError::Full
+            });
+        }
+        let mut loan = self.try_loan(msg.len())?;
+        loan.copy_from_slice(msg);
+        crate::fault::point("send.written");
+        loan.try_send().map_err(|u| u.error)
+    }
+
+    /// Waits until every message this sender has sent has been acknowledged (its
+    /// [`Message`] dropped by a receiver), at most `timeout` (`None`: no limit). A message
+    /// redelivered after its first receiver died counts once its second receiver acks it.
+    ///
+    /// # Errors
+    /// [`AckTimeoutError`] if messages are still unacknowledged at the deadline.
+    pub fn wait_for_acks(&self, timeout: Option<Duration>) -> Result<(), AckTimeoutError> {
+        let q = &self.p.q;
+        let s = q.shared();
+        let me = self.p.idx();
+        let stamp = sender_word(me, part_gen(self.p.reg().word));
+        let rec = &s.parts[me as usize];
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // Sleep in 100 ms slices at most: a consumer killed between freeing a slot and
+        // waking us leaves no other trace (slots.rs K2).
+        let mut left = remaining(q, deadline);
+        let r = wait::block_on(
+            &q.futex,
+            &rec.ack_seq,
+            std::slice::from_ref(&rec.ack_waiting),
+            0,
+            || (!slots::has_pending(&s, stamp, me)).then_some(()),
+            || left().map(|l| Some(l.unwrap_or(Duration::MAX).min(Duration::from_millis(100)))),
+        );
+        match r {
+            Wait::Ready(()) => Ok(()),
+            Wait::TimedOut => Err(AckTimeoutError),
+        }
+    }
+
+    /// Messages in the queue right now (a racy snapshot: exact only when nobody is
+    /// sending or receiving). Redelivered messages waiting for a new consumer count too.
+    pub fn len(&self) -> usize {
+        queue_len(&self.p.q)
+    }
+    /// Whether [`len`](Self::len) is 0 (racy, as `len`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether [`len`](Self::len) is at least the capacity (racy, as `len`).
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity()
+    }
+    /// The exact number of messages the queue holds before `try_send` says `Full`.
+    pub fn capacity(&self) -> usize {
+        self.p.q.dims.geometry.capacity as usize
+    }
+}
+
+impl Clone for Sender {
+    /// Another sender on the same queue, as a participant of its own.
+    ///
+    /// # Panics
+    /// If every participant record of the queue is taken; see [`Sender::try_clone`].
+    fn clone(&self) -> Sender {
+        self.try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone shmq::Sender: {e}"))
+    }
+}
+
+fn queue_len(q: &Queue) -> usize {
+    let s = q.shared();
+    let orphans = slots::census(&s)[SlotState::Orphan as usize];
+    (ring::len(&s) + orphans) as usize
+}
+
+// ---------------------------------------------------------------------------------------
+// Loan
+
+/// A payload buffer in shared memory, loaned to a sender: fill it in place, then send it.
+/// Dropping an unsent loan gives its slot back.
+///
+/// The buffer starts 64-byte aligned.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (tx, rx) = shmq::channel(2)?;
+/// let mut loan = tx.loan(4096)?;
+/// loan.fill(7);
+/// loan.send()?;
+/// assert!(rx.recv()?.iter().all(|&b| b == 7));
+/// # Ok(()) }
+/// ```
+pub struct Loan {
+    p: Arc<Participant>,
+    slot: u32,
+    word: u64,
+    ptr: *mut u8,
+    len: usize,
+    _seg: Option<Arc<Seg>>,
+    sent: bool,
+}
+
+// SAFETY: the loan exclusively owns its slot (LOANED to its participant) until it is sent
+// or dropped; `ptr` points into a mapping kept alive by `_seg` or by the queue (inline),
+// and the bytes are touched by no one else meanwhile.
+unsafe impl Send for Loan {}
+// SAFETY: shared access only reads the bytes (Deref); mutation needs `&mut`.
+unsafe impl Sync for Loan {}
+
+/// A loan that could not be sent, handed back with the reason.
+pub struct Unsent<E> {
+    /// The loan, still filled, to retry or drop.
+    pub loan: Loan,
+    /// Why it was not sent.
+    pub error: E,
+}
+
+impl<E: fmt::Debug> fmt::Debug for Unsent<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsent")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+impl<E: fmt::Display> fmt::Display for Unsent<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "loan not sent: {}", self.error)
+    }
+}
+impl<E: std::error::Error + 'static> std::error::Error for Unsent<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl Loan {
+    /// Shortens the message to `len` bytes (no effect if it is not shorter).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+            let s = self.p.q.shared();
+            s.slots[self.slot as usize].len.store(len as u64, Relaxed);
+        }
+    }
+
+    fn unsent<E>(self, error: E) -> Unsent<E> {
+        Unsent { loan: self, error }
+    }
+
+    fn publish_once(&self) -> Result<bool, Error> {
+        let s = self.p.q.shared();
+        match ring::publish(&s, self.slot) {
+            Ok(_) => Ok(true),
+            Err(RingError::Full) | Err(RingError::Empty) => Ok(false),
+            Err(RingError::Corrupt) => Err(Error::corrupt(format!(
+                "the ring of queue {:?} holds an impossible word",
+                self.p.q.name
+            ))),
+        }
+    }
+
+    fn published(mut self) {
+        crate::fault::point("send.published");
+        self.sent = true;
+        let q = &self.p.q;
+        let s = q.shared();
+        s.parts[self.p.idx() as usize].sent.fetch_add(1, Relaxed);
+        wait::notify(
+            &q.futex,
+            &s.ctl.not_empty,
+            q.bitmap(&s.ctl.not_empty_waiters),
+        );
+    }
+
+    fn publish_until(self, deadline: Option<Instant>) -> Result<(), Unsent<SendTimeoutError>> {
+        let q = self.p.q.clone();
+        let s = q.shared();
+        let sender = Sender { p: self.p.clone() };
+        let r = wait::block_on(
+            &q.futex,
+            &s.ctl.not_full,
+            q.bitmap(&s.ctl.not_full_waiters),
+            self.p.idx(),
+            || match self.publish_once() {
+                Ok(true) => Some(Ok(())),
+                Err(e) => Some(Err(SendTimeoutError::Failed(e))),
+                Ok(false) if sender.disconnected() => Some(Err(SendTimeoutError::Disconnected)),
+                Ok(false) => None,
+            },
+            remaining(&q, deadline),
+        );
+        // `sender` shares our participant: forgetting it is just dropping an Arc clone.
+        drop(sender);
+        match r {
+            Wait::Ready(Ok(())) => {
+                self.published();
+                Ok(())
+            }
+            Wait::Ready(Err(e)) => Err(self.unsent(e)),
+            Wait::TimedOut => Err(self.unsent(SendTimeoutError::Timeout)),
+        }
+    }
+
+    /// Sends the message, blocking while the queue is full.
+    ///
+    /// # Errors
+    /// `Disconnected` if no receiver is attached, with the loan handed back.
+    pub fn send(self) -> Result<(), Unsent<SendError>> {
+        self.publish_until(None).map_err(|u| Unsent {
+            loan: u.loan,
+            error: SendError::from(u.error),
+        })
+    }
+
+    /// Sends the message, waiting at most `timeout` for space.
+    ///
+    /// # Errors
+    /// `Timeout` or `Disconnected`, with the loan handed back.
+    pub fn send_timeout(self, timeout: Duration) -> Result<(), Unsent<SendTimeoutError>> {
+        self.publish_until(Some(Instant::now() + timeout))
+    }
+
+    /// Sends the message if there is room right now.
+    ///
+    /// # Errors
+    /// `Full` or `Disconnected`, with the loan handed back.
+    pub fn try_send(self) -> Result<(), Unsent<TrySendError>> {
+        match self.publish_once() {
+            Ok(true) => {
+                self.published();
+                Ok(())
+            }
+            Ok(false) => {
+                let e = if self.p.q.peers().1 == 0 {
+                    TrySendError::Disconnected
+                } else {
+                    TrySendError::Full
+                };
+                Err(self.unsent(e))
+            }
+            Err(e) => Err(self.unsent(TrySendError::Failed(e))),
+        }
+    }
+}
+
+impl std::ops::Deref for Loan {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: see `unsafe impl Send for Loan`: `ptr..ptr+len` is mapped, ours alone.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Loan {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl fmt::Debug for Loan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan")
+            .field("slot", &self.slot)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if !self.sent {
+            let q = &self.p.q;
+            let s = q.shared();
+            slots::free(&s, self.slot, self.word);
+            wait::notify(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver
+
+/// The receiving side of a queue. Each message goes to exactly one receiver; each clone
+/// is a participant of its own.
+pub struct Receiver {
+    p: Arc<Participant>,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("queue", &self.p.q.name)
+            .field("participant", &self.p.idx())
+            .finish()
+    }
+}
+
+impl Receiver {
+    pub(crate) fn from_queue(q: Arc<Queue>) -> Result<Receiver, Error> {
+        Ok(Receiver {
+            p: Participant::new(q, Role::Receiver)?,
+        })
+    }
+
+    /// Attaches a new receiver to the existing queue `name` (from any process).
+    ///
+    /// # Errors
+    /// As [`Sender::open`].
+    pub fn open(name: &str) -> Result<Receiver, Error> {
+        crate::Builder::new().name(name).open_receiver()
+    }
+
+    /// Another receiver on the same queue, as a participant of its own.
+    ///
+    /// # Errors
+    /// `TooManyParticipants` if every record is taken.
+    pub fn try_clone(&self) -> Result<Receiver, Error> {
+        Receiver::from_queue(self.p.q.clone())
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.p.q.name
+    }
+
+    fn no_senders(&self) -> bool {
+        self.p.q.peers().0 == 0
+    }
+
+    /// One attempt: a redelivery first (they are older), then the ring.
+    fn take(&self) -> Result<Option<Message>, Error> {
+        let q = &self.p.q;
+        let s = q.shared();
+        let me = self.p.idx();
+        if let Some((slot, word)) = slots::claim_orphan(&s, me, q.next_cursor()) {
+            return self.build(slot, word, true).map(Some);
+        }
+        match ring::claim(&s, me) {
+            Ok(c) => {
+                crate::fault::point("recv.claimed");
+                wait::notify(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+                self.build(c.slot, c.word, false).map(Some)
+            }
+            Err(RingError::Empty) | Err(RingError::Full) => Ok(None),
+            Err(RingError::Corrupt) => Err(Error::corrupt(format!(
+                "the ring of queue {:?} holds an impossible word",
+                q.name
+            ))),
+        }
+    }
+
+    fn build(&self, slot: u32, word: u64, redelivered: bool) -> Result<Message, Error> {
+        let q = &self.p.q;
+        let s = q.shared();
+        let rec = &s.slots[slot as usize];
+        let len = rec.len.load(Relaxed);
+        let max = q.dims.max_message_size;
+        if len > max {
+            // No correct producer wrote this: drop the slot rather than wedge the queue.
+            slots::free(&s, slot, word);
+            return Err(segment::bad_len(len, max));
+        }
+        let (ptr, seg) = if segment::is_inline(len) {
+            (rec.inline.with(|p| p as *const u8), None)
+        } else {
+            match q.segs.for_read(&s, slot, len) {
+                Ok(seg) => (seg.ptr() as *const u8, Some(seg)),
+                Err(e) => {
+                    // Could not map it here (out of descriptors or address space?): hand
+                    // the message back for redelivery rather than lose it.
+                    s.ctl.counters.orphans.fetch_add(1, AcqRel);
+                    let orphan = crate::layout::slot_word(
+                        crate::layout::slot_gen(word),
+                        SlotState::Orphan,
+                        crate::layout::OWNER_NONE,
+                    );
+                    let _ = rec.word.compare_exchange(word, orphan, AcqRel, Relaxed);
+                    return Err(e);
+                }
+            }
+        };
+        Ok(Message {
+            p: self.p.clone(),
+            slot,
+            word,
+            ptr,
+            len: len as usize,
+            _seg: seg,
+            redelivered,
+        })
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Message, RecvTimeoutError> {
+        let q = &self.p.q;
+        let s = q.shared();
+        let r = wait::block_on(
+            &q.futex,
+            &s.ctl.not_empty,
+            q.bitmap(&s.ctl.not_empty_waiters),
+            self.p.idx(),
+            || {
+                self.try_recv_inner().map_or_else(
+                    |e| match e {
+                        TryRecvError::Empty => None,
+                        TryRecvError::Disconnected => Some(Err(RecvTimeoutError::Disconnected)),
+                        TryRecvError::Failed(e) => Some(Err(RecvTimeoutError::Failed(e))),
+                    },
+                    |m| Some(Ok(m)),
+                )
+            },
+            remaining(q, deadline),
+        );
+        match r {
+            Wait::Ready(r) => r,
+            Wait::TimedOut => Err(RecvTimeoutError::Timeout),
+        }
+    }
+
+    fn try_recv_inner(&self) -> Result<Message, TryRecvError> {
+        if let Some(m) = self.take()? {
+            return Ok(m);
+        }
+        if self.no_senders() {
+            // The last sender may have sent just before leaving: look once more, after
+            // seeing it gone.
+            return match self.take()? {
+                Some(m) => Ok(m),
+                None => Err(TryRecvError::Disconnected),
+            };
+        }
+        Err(TryRecvError::Empty)
+    }
+
+    /// Takes a message if one is waiting.
+    ///
+    /// # Errors
+    /// `Empty`; `Disconnected` if the queue is empty and no sender is attached; `Failed`
+    /// if the message's payload cannot be mapped (it is then redelivered) or the queue's
+    /// memory is corrupt.
+    pub fn try_recv(&self) -> Result<Message, TryRecvError> {
+        self.try_recv_inner()
+    }
+
+    /// Takes a message, blocking until one arrives.
+    ///
+    /// # Errors
+    /// `Disconnected` once the queue is empty and no live sender is attached; `Failed` as
+    /// in [`try_recv`](Self::try_recv).
+    pub fn recv(&self) -> Result<Message, RecvError> {
+        self.recv_until(None).map_err(RecvError::from)
+    }
+
+    /// Takes a message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// `Timeout`; otherwise as [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// Messages in the queue right now (racy; see [`Sender::len`]).
+    pub fn len(&self) -> usize {
+        queue_len(&self.p.q)
+    }
+    /// Whether [`len`](Self::len) is 0 (racy).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether [`len`](Self::len) is at least the capacity (racy).
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity()
+    }
+    /// The queue's exact capacity.
+    pub fn capacity(&self) -> usize {
+        self.p.q.dims.geometry.capacity as usize
+    }
+}
+
+impl Clone for Receiver {
+    /// Another receiver on the same queue, as a participant of its own.
+    ///
+    /// # Panics
+    /// If every participant record of the queue is taken; see [`Receiver::try_clone`].
+    fn clone(&self) -> Receiver {
+        self.try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone shmq::Receiver: {e}"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Message
+
+/// A received message: a zero-copy view of its payload in shared memory (64-byte
+/// aligned). Dropping it is the acknowledgement: the slot is free again and the sender's
+/// [`wait_for_acks`](Sender::wait_for_acks) may return.
+pub struct Message {
+    p: Arc<Participant>,
+    slot: u32,
+    word: u64,
+    ptr: *const u8,
+    len: usize,
+    _seg: Option<Arc<Seg>>,
+    redelivered: bool,
+}
+
+// SAFETY: the message exclusively holds its slot (HELD by its participant) until dropped;
+// `ptr` points into a mapping kept alive by `_seg` or the queue; nobody writes the bytes
+// while the slot is HELD.
+unsafe impl Send for Message {}
+// SAFETY: only shared reads of the bytes are offered.
+unsafe impl Sync for Message {}
+
+impl Message {
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Whether this message was delivered before, to a consumer that died holding it.
+    pub fn is_redelivery(&self) -> bool {
+        self.redelivered
+    }
+    /// Acknowledges the message (the same as dropping it).
+    pub fn ack(self) {}
+}
+
+impl std::ops::Deref for Message {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: see `unsafe impl Send for Message`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl AsRef<[u8]> for Message {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("len", &self.len)
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        let q = &self.p.q;
+        let s = q.shared();
+        let rec = &s.slots[self.slot as usize];
+        // Read the stamp before the slot is free and can be stamped by its next producer.
+        let stamp = rec.sender.load(Relaxed);
+        if !slots::free(&s, self.slot, self.word) {
+            return; // recovered from under us: someone judged this process dead
+        }
+        crate::fault::point("ack.freed");
+        if let Some(sr) = s.parts.get(sender_idx(stamp) as usize) {
+            sr.acks.fetch_add(1, Relaxed);
+            wait::notify(&q.futex, &sr.ack_seq, std::slice::from_ref(&sr.ack_waiting));
+        }
+        wait::notify(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+    }
+}

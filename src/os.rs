@@ -1,0 +1,280 @@
+//! The OS edge: shared-memory objects, mappings, OFD locks and `/proc`.
+//!
+//! Objects live in `/dev/shm` (what `shm_open(3)` uses on Linux), are created with mode
+//! 0600 and `O_CLOEXEC`, and are sized with `ftruncate` + `posix_fallocate`, so that a full
+//! `/dev/shm` is an `ENOSPC` error here rather than a `SIGBUS` on first touch later.
+//!
+//! Locks are OFD locks (`F_OFD_SETLK`): owned by an open file description, not by a
+//! process, so two handles of one process hold independent locks (each opens its own
+//! description), and the kernel drops them when the last descriptor of that description
+//! closes, which happens when a process dies, before it becomes a zombie.
+
+use crate::error::{Error, ErrorKind};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+/// Where the shared-memory objects live.
+pub const SHM_DIR: &str = "/dev/shm";
+/// Prefix of every object of ours.
+pub const PREFIX: &str = "shmq.";
+
+/// Longest queue name.
+pub const MAX_NAME: usize = 200;
+
+/// Checks a queue name: 1–200 characters of `A-Za-z0-9_-`.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidName,
+            format!(
+                "invalid queue name {name:?}: use 1 to {MAX_NAME} characters of A-Z, a-z, 0-9, '_' and '-'"
+            ),
+        ))
+    }
+}
+
+/// Path of the header object of queue `name`.
+pub fn header_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("{SHM_DIR}/{PREFIX}{name}"))
+}
+
+/// Path of the payload segment of `slot` of queue `name`.
+pub fn segment_path(name: &str, slot: u32) -> PathBuf {
+    PathBuf::from(format!("{SHM_DIR}/{PREFIX}{name}.{slot}"))
+}
+
+/// Opens an existing object read-write.
+pub fn open_rw(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Opens the file behind descriptor `fd` again, as a new open file description (so it can
+/// hold OFD locks of its own).
+pub fn reopen(file: &File) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Creates a new object (fails if it exists), mode 0600.
+pub fn create_new(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Opens or creates an object, mode 0600.
+pub fn open_or_create(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Sizes `file` to `len` bytes and reserves its pages.
+pub fn size_and_reserve(file: &File, len: u64) -> io::Result<()> {
+    file.set_len(len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on a descriptor we own.
+    let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match r {
+        0 => Ok(()),
+        // tmpfs always supports it; other filesystems may not: the size is set anyway.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Size of the object behind `file`.
+pub fn file_len(file: &File) -> io::Result<u64> {
+    Ok(file.metadata()?.len())
+}
+
+/// Removes an object; a missing one is fine.
+pub fn unlink(path: &std::path::Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A shared read-write mapping of a whole object.
+pub struct Mapping {
+    map: memmap2::MmapRaw,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` shared, read-write.
+    pub fn new(file: &File, len: u64) -> io::Result<Mapping> {
+        let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let map = memmap2::MmapOptions::new().len(len).map_raw(file)?;
+        Ok(Mapping { map })
+    }
+    /// Start of the mapping (page-aligned).
+    pub fn ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// OFD locks. Byte 0 of the header: the lifecycle lock (shared by every attached process,
+// exclusive for whoever destroys the queue). Byte 1 + i: participant i.
+
+/// The byte guarding participant `i`.
+pub fn part_lock_byte(i: u16) -> u64 {
+    1 + i as u64
+}
+/// The lifecycle byte.
+pub const LIFECYCLE_BYTE: u64 = 0;
+
+fn flock(kind: libc::c_short, byte: u64) -> libc::flock {
+    // SAFETY: `flock` is plain old data; all-zero is a valid value (l_pid must be 0 for OFD).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = byte as libc::off_t;
+    fl.l_len = 1;
+    fl
+}
+
+/// Tries to take a lock of `kind` (`F_RDLCK`/`F_WRLCK`/`F_UNLCK`) on `byte` without
+/// blocking. `Ok(false)` if another description holds a conflicting lock.
+pub fn try_lock(file: &File, byte: u64, kind: libc::c_short) -> io::Result<bool> {
+    let fl = flock(kind, byte);
+    // SAFETY: valid descriptor and a valid pointer to `fl` for the call.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether any description other than `probe`'s holds a lock on `byte` that would
+/// conflict with a write lock.
+pub fn is_locked(probe: &File, byte: u64) -> io::Result<bool> {
+    let mut fl = flock(libc::F_WRLCK as libc::c_short, byte);
+    // SAFETY: valid descriptor and a valid pointer to `fl`, which the kernel fills in.
+    let r = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+// ---------------------------------------------------------------------------------------
+// Process identity
+
+/// This process's id, start time and pid namespace.
+pub fn my_identity() -> crate::roster::Identity {
+    let pid = std::process::id();
+    crate::roster::Identity {
+        pid,
+        start_time: proc_stat(pid).map_or(0, |s| s.start_time),
+        pid_ns: pid_namespace(),
+    }
+}
+
+/// The inode of our pid namespace, 0 if unknown.
+pub fn pid_namespace() -> u64 {
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
+/// What `/proc/<pid>/stat` says of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 3: `R`, `S`, `Z`, …
+    pub state: u8,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if there is no such process.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything: parse after the
+    // last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut f = rest.split_ascii_whitespace();
+    let state = f.next()?.bytes().next()?;
+    // Fields 4..=21 come next; field 22 is the 19th after the state.
+    let start_time = f.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
+}
+
+/// Opens a pidfd for `pid` (Linux ≥ 5.3); `None` if unsupported or gone.
+pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: plain syscall; on success it returns a new descriptor we take ownership of.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Lists the names of the queue headers in `/dev/shm` (`shmq.<name>` without a further dot).
+pub fn list_queue_names() -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(SHM_DIR)? {
+        let e = e?;
+        let n = e.file_name();
+        let Some(n) = n.to_str() else { continue };
+        if let Some(name) = n.strip_prefix(PREFIX) {
+            if validate_name(name).is_ok() {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes every segment object of queue `name` (`shmq.<name>.<digits>`).
+pub fn unlink_segments(name: &str) -> io::Result<()> {
+    let prefix = format!("{PREFIX}{name}.");
+    for e in std::fs::read_dir(SHM_DIR)? {
+        let e = e?;
+        let n = e.file_name();
+        let Some(n) = n.to_str() else { continue };
+        if let Some(rest) = n.strip_prefix(&prefix) {
+            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+                unlink(&e.path())?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,623 @@
+//! One process's attachment to one queue: the header mapping, the segment cache, this
+//! process's monitor record, participant registration, and the send / receive / ack paths
+//! that tie the pure algorithms (`ring`, `slots`, `recovery`) to the OS (`os`, `segment`,
+//! `wait`).
+//!
+//! # Lifecycle
+//!
+//! * **create**: the header is built under a temporary name (`/dev/shm/.shmq-new.…`), its
+//!   `init` word published last, and only then `link`ed to `shmq.<name>`, so an opener can
+//!   never see a half-built header, and `link` fails atomically if the name is taken.
+//! * **attach**: every attached process holds a *shared* OFD lock on byte 0 of the header
+//!   (the lifecycle lock) through its probe descriptor, then checks that the path still
+//!   names the same file.
+//! * **detach**: when the last handle of a process goes, the process releases its monitor
+//!   record and tries to upgrade its lifecycle lock to *exclusive*. That succeeds only if
+//!   no other process is attached (dead processes hold no locks), and then it unlinks the
+//!   header and every segment object. An opener that loses this race sees the path gone
+//!   (or a new inode) and reports `NotFound`.
+
+use crate::error::{Error, ErrorKind};
+use crate::layout::{
+    self, part_gen, part_role, Control, Geometry, PartRec, Role, Shared, SlotRec, BITMAP_WORDS,
+    INIT_READY, INLINE_BYTES, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MAX_PARTICIPANTS, MAX_SLOTS,
+};
+use crate::os;
+use crate::segment::Segments;
+use crate::sync::{AtomicU64, Ordering};
+use crate::wait::OsFutex;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64 as LocalU64, Ordering as LocalOrdering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// How a process watches a queue's participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Supervision {
+    /// A background thread (one per process, for all its queues) notices dead participants
+    /// within milliseconds and repairs what they left. The default.
+    #[default]
+    Thread,
+    /// No thread. Dead participants are repaired when a handle opens the queue, when
+    /// [`Supervisor::run_once`](crate::Supervisor::run_once) is called, and by a blocked
+    /// call of this process every 100 ms while it waits.
+    Manual,
+}
+
+/// What happens to a message whose consumer died before acknowledging it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// It is delivered again to another consumer (at-least-once). The default.
+    #[default]
+    AtLeastOnce,
+    /// It is dropped (at-most-once).
+    AtMostOnce,
+}
+
+/// Creation options (validated).
+#[derive(Debug, Clone)]
+pub(crate) struct CreateOptions {
+    pub name: Option<String>,
+    pub capacity: usize,
+    pub slots: Option<usize>,
+    pub max_participants: usize,
+    pub max_message_size: u64,
+    pub max_payload_bytes: u64,
+    pub delivery: Delivery,
+}
+
+/// Dimensions read once at attach, validated, and never re-read from shared memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dims {
+    pub geometry: Geometry,
+    pub max_message_size: u64,
+    pub max_payload_bytes: u64,
+    pub at_most_once: bool,
+    pub bitmap_words: usize,
+}
+
+/// A participant record this process holds: its index, ACTIVE word, and the descriptor
+/// whose OFD lock on byte `1 + idx` proves it alive.
+pub(crate) struct Reg {
+    pub idx: u16,
+    pub word: u64,
+    _lock: File,
+}
+
+/// One process's attachment to one queue.
+pub(crate) struct Queue {
+    pub name: String,
+    map: os::Mapping,
+    /// Holds the shared lifecycle lock; used to probe other participants' locks.
+    probe: File,
+    ino: u64,
+    pub dims: Dims,
+    pub segs: Segments,
+    pub futex: OsFutex,
+    monitor: Mutex<Option<Reg>>,
+    pub supervision: Supervision,
+    /// Process-local cache of `(roster_epoch, senders, receivers)`.
+    peers: Mutex<(u64, u32, u32)>,
+    /// A per-process spread for slot scans.
+    cursor: LocalU64,
+}
+
+static REGISTRY: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A fresh name: `q-<pid>-<random>`.
+pub(crate) fn unique_name() -> String {
+    format!("q-{}-{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+impl Queue {
+    /// The algorithms' view of the tables.
+    pub fn shared(&self) -> Shared<'_> {
+        let g = &self.dims.geometry;
+        let base = self.map.ptr();
+        // SAFETY: `open`/`create` checked that the mapping is `g.total_size` bytes long,
+        // page-aligned, and that the tables lie at these offsets (multiples of their
+        // alignment) inside it; every type in them is valid for any bit pattern (atomics,
+        // integers, bytes) and shared mutation goes through atomics or the slot protocol.
+        // The slices borrow `self`, which keeps the mapping alive.
+        unsafe {
+            Shared {
+                ctl: &*(base as *const Control),
+                parts: std::slice::from_raw_parts(
+                    base.add(g.parts_off as usize) as *const PartRec,
+                    g.max_participants as usize,
+                ),
+                cells: std::slice::from_raw_parts(
+                    base.add(g.cells_off as usize) as *const AtomicU64,
+                    g.capacity as usize,
+                ),
+                slots: std::slice::from_raw_parts(
+                    base.add(g.slots_off as usize) as *const SlotRec,
+                    g.slot_count as usize,
+                ),
+                cap: g.capacity as u64,
+                at_most_once: self.dims.at_most_once,
+            }
+        }
+    }
+
+    /// The first `bitmap_words` words of a waiter bitmap.
+    pub fn bitmap<'a>(&self, b: &'a [AtomicU64; BITMAP_WORDS]) -> &'a [AtomicU64] {
+        &b[..self.dims.bitmap_words]
+    }
+
+    /// Creates a queue and attaches to it.
+    pub fn create(o: &CreateOptions, supervision: Supervision) -> Result<Arc<Queue>, Error> {
+        let name = match &o.name {
+            Some(n) => n.clone(),
+            None => unique_name(),
+        };
+        os::validate_name(&name)?;
+        let bad = |m: String| Err(Error::new(ErrorKind::InvalidArgument, m));
+        if o.capacity == 0 || o.capacity > MAX_CAPACITY as usize {
+            return bad(format!(
+                "capacity must be between 1 and {MAX_CAPACITY}, not {}",
+                o.capacity
+            ));
+        }
+        let slots = o.slots.unwrap_or(2 * o.capacity + 16);
+        if slots < o.capacity + 1 || slots > MAX_SLOTS as usize {
+            return bad(format!(
+                "slots must be between capacity + 1 ({}) and {MAX_SLOTS}, not {slots}",
+                o.capacity + 1
+            ));
+        }
+        if o.max_participants < 2 || o.max_participants > MAX_PARTICIPANTS as usize - 1 {
+            return bad(format!(
+                "max_participants must be between 2 and {}, not {}",
+                MAX_PARTICIPANTS - 1,
+                o.max_participants
+            ));
+        }
+        if o.max_payload_bytes < o.max_message_size {
+            return bad(format!(
+                "max_payload_bytes ({}) must be at least max_message_size ({})",
+                o.max_payload_bytes, o.max_message_size
+            ));
+        }
+        let g = Geometry::new(o.capacity as u32, slots as u32, o.max_participants as u32);
+        let tmp = std::path::PathBuf::from(format!(
+            "{}/.shmq-new.{name}.{}.{:08x}",
+            os::SHM_DIR,
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let file = os::create_new(&tmp)
+            .map_err(|e| Error::io("cannot create a shared-memory object in /dev/shm", e))?;
+        let result = (|| {
+            os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_RDLCK as libc::c_short)
+                .map_err(|e| Error::io("cannot lock the queue header", e))?;
+            os::size_and_reserve(&file, g.total_size).map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot reserve {} bytes in /dev/shm for the queue header",
+                        g.total_size
+                    ),
+                    e,
+                )
+            })?;
+            let map = os::Mapping::new(&file, g.total_size)
+                .map_err(|e| Error::io("cannot map the queue header", e))?;
+            init_header(&map, &g, o);
+            let final_path = os::header_path(&name);
+            std::fs::hard_link(&tmp, &final_path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("a queue named {name:?} exists already"),
+                    )
+                } else {
+                    Error::io(format!("cannot create {}", final_path.display()), e)
+                }
+            })?;
+            Ok(map)
+        })();
+        let _ = os::unlink(&tmp);
+        let map = result?;
+        let ino = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat the queue header", e))?
+            .ino();
+        let dims = validate(&map, g.total_size)?;
+        Queue::finish_attach(name, map, file, ino, dims, supervision)
+    }
+
+    /// Attaches to an existing queue (or reuses this process's attachment).
+    pub fn open(name: &str, supervision: Supervision) -> Result<Arc<Queue>, Error> {
+        os::validate_name(name)?;
+        let path = os::header_path(name);
+        let not_found = || {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no queue named {name:?} (is the name right, and is the queue's creator still running?)"),
+            )
+        };
+        for _attempt in 0..50 {
+            let file = match os::open_rw(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(Error::io(
+                        format!("no permission to open queue {name:?} ({})", path.display()),
+                        e,
+                    ))
+                }
+                Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
+            };
+            let ino = file
+                .metadata()
+                .map_err(|e| Error::io("cannot stat the queue header", e))?
+                .ino();
+            if let Some(q) = find_attached(name, ino) {
+                return Ok(q);
+            }
+            let locked = os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_RDLCK as libc::c_short)
+                .map_err(|e| Error::io("cannot lock the queue header", e))?;
+            if !locked {
+                // Someone is destroying it right now: look again shortly.
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            match std::fs::metadata(&path) {
+                Ok(m) if m.ino() == ino => {}
+                _ => continue, // destroyed (and maybe recreated) meanwhile
+            }
+            let len =
+                os::file_len(&file).map_err(|e| Error::io("cannot stat the queue header", e))?;
+            if len < std::mem::size_of::<Control>() as u64 {
+                return Err(Error::new(
+                    ErrorKind::NotAQueue,
+                    format!(
+                        "{} is not an shmq queue (only {len} bytes long)",
+                        path.display()
+                    ),
+                ));
+            }
+            let map = os::Mapping::new(&file, len)
+                .map_err(|e| Error::io("cannot map the queue header", e))?;
+            let dims = validate(&map, len)
+                .map_err(|e| Error::new(e.kind(), format!("{}: {}", path.display(), e)))?;
+            return Queue::finish_attach(name.to_string(), map, file, ino, dims, supervision);
+        }
+        Err(not_found())
+    }
+
+    fn finish_attach(
+        name: String,
+        map: os::Mapping,
+        probe: File,
+        ino: u64,
+        dims: Dims,
+        supervision: Supervision,
+    ) -> Result<Arc<Queue>, Error> {
+        let q = Arc::new(Queue {
+            segs: Segments::new(&name, dims.geometry.slot_count as usize),
+            name,
+            map,
+            probe,
+            ino,
+            dims,
+            futex: OsFutex,
+            monitor: Mutex::new(None),
+            supervision,
+            peers: Mutex::new((u64::MAX, 0, 0)),
+            cursor: LocalU64::new(rand::random::<u32>() as u64),
+        });
+        let mon = q.register(Role::Monitor)?;
+        *lock(&q.monitor) = Some(mon);
+        // open() repairs what dead participants left before it returns.
+        crate::supervisor::repair(&q)?;
+        lock(&REGISTRY).push(Arc::downgrade(&q));
+        if supervision == Supervision::Thread {
+            crate::supervisor::watch(&q);
+        }
+        Ok(q)
+    }
+
+    /// This process's monitor record's lease word.
+    pub fn lease_word(&self) -> Option<u64> {
+        lock(&self.monitor)
+            .as_ref()
+            .map(|m| layout::lease_word(m.idx, part_gen(m.word)))
+    }
+
+    /// Whether participant `i`, whose record word was `w`, is dead: its lock byte is free
+    /// while the record still holds `w`, or its recorded process is gone (same pid
+    /// namespace only) although some other process holds the lock (a forked child that
+    /// inherited the descriptor: handles are not fork-safe).
+    pub fn is_dead(&self, i: u16, w: u64) -> bool {
+        let q = self.shared();
+        let rec = &q.parts[i as usize];
+        match os::is_locked(&self.probe, os::part_lock_byte(i)) {
+            Ok(false) => return rec.state.load(Ordering::Acquire) == w,
+            Ok(true) => {}
+            Err(_) => return false, // cannot tell: never judge dead on doubt
+        }
+        let ns = rec.pid_ns.load(Ordering::Relaxed);
+        if ns == 0 || ns != os::pid_namespace() {
+            return false;
+        }
+        let pid = rec.pid.load(Ordering::Relaxed);
+        let start = rec.start_time.load(Ordering::Relaxed);
+        let gone = match os::proc_stat(pid) {
+            None => true,
+            Some(st) => st.start_time != start || st.state == b'Z' || st.state == b'X',
+        };
+        gone && rec.state.load(Ordering::Acquire) == w
+    }
+
+    /// Takes a participant record for `role`.
+    pub fn register(&self, role: Role) -> Result<Reg, Error> {
+        let q = self.shared();
+        let id = os::my_identity();
+        let parts = self.dims.geometry.max_participants as u16;
+        for round in 0..20 {
+            for i in 0..parts {
+                // A description of our own for this record's lock: reopen the very file
+                // we mapped (not the path, which may name a newer queue by now).
+                let fd = os::reopen(&self.probe)
+                    .map_err(|e| Error::io("cannot reopen the queue header", e))?;
+                let byte = os::part_lock_byte(i);
+                if !os::try_lock(&fd, byte, libc::F_WRLCK as libc::c_short)
+                    .map_err(|e| Error::io("cannot lock a participant record", e))?
+                {
+                    continue;
+                }
+                match crate::roster::register(&q, i, role, id) {
+                    Ok(word) => {
+                        return Ok(Reg {
+                            idx: i,
+                            word,
+                            _lock: fd,
+                        })
+                    }
+                    Err(w) if part_role(w).is_some() => {
+                        // We hold its lock: its owner is dead. Recover it, if nobody else is
+                        // recovering right now, then take it.
+                        if crate::supervisor::recover_one(self, i, w) {
+                            if let Ok(word) = crate::roster::register(&q, i, role, id) {
+                                return Ok(Reg {
+                                    idx: i,
+                                    word,
+                                    _lock: fd,
+                                });
+                            }
+                        }
+                    }
+                    Err(_) => {}
+                }
+                // Dropping `fd` releases the lock.
+            }
+            std::thread::sleep(Duration::from_millis(1 + round));
+        }
+        Err(Error::new(
+            ErrorKind::TooManyParticipants,
+            format!(
+                "all {parts} participant records of queue {:?} are taken by live handles (raise Builder::max_participants)",
+                self.name
+            ),
+        ))
+    }
+
+    /// Leaves cleanly: frees whatever the record still owns, clears its waiter bits,
+    /// releases the record, and wakes everyone so they re-check disconnection.
+    pub fn leave(&self, reg: Reg) {
+        let q = self.shared();
+        crate::recovery::recover(&q, reg.idx, reg.word, false);
+        crate::wait::bump(&self.futex, &q.ctl.not_empty);
+        crate::wait::bump(&self.futex, &q.ctl.not_full);
+        drop(reg); // closes the lock descriptor last
+    }
+
+    /// `(senders, receivers)` attached, from a cache refreshed whenever the roster epoch
+    /// moves.
+    pub fn peers(&self) -> (u32, u32) {
+        let q = self.shared();
+        let epoch = q.ctl.counters.roster_epoch.load(Ordering::Acquire);
+        let mut c = lock(&self.peers);
+        if c.0 != epoch {
+            let (tx, rx) = crate::roster::count_roles(&q);
+            *c = (epoch, tx, rx);
+        }
+        (c.1, c.2)
+    }
+
+    /// A starting point for slot scans.
+    pub fn next_cursor(&self) -> usize {
+        self.cursor.fetch_add(1, LocalOrdering::Relaxed) as usize
+    }
+
+    /// How long one futex sleep may last before the waiter looks at its peers itself.
+    pub fn wait_slice(&self) -> Duration {
+        match self.supervision {
+            Supervision::Thread => Duration::from_millis(500),
+            Supervision::Manual => Duration::from_millis(100),
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if let Some(mon) = lock(&self.monitor).take() {
+            self.leave(mon);
+        }
+        self.segs.clear();
+        lock(&REGISTRY).retain(|w| w.strong_count() > 0);
+        // Last process out destroys the queue: only possible if nobody else holds the
+        // lifecycle lock (upgrading our shared lock to exclusive).
+        if let Ok(true) = os::try_lock(
+            &self.probe,
+            os::LIFECYCLE_BYTE,
+            libc::F_WRLCK as libc::c_short,
+        ) {
+            destroy_objects(&self.name, self.ino);
+        }
+    }
+}
+
+/// Unlinks the header of `name` (if it is still inode `ino`) and its segment objects.
+fn destroy_objects(name: &str, ino: u64) {
+    let path = os::header_path(name);
+    if matches!(std::fs::metadata(&path), Ok(m) if m.ino() == ino) {
+        let _ = os::unlink(&path);
+        let _ = os::unlink_segments(name);
+    }
+}
+
+fn find_attached(name: &str, ino: u64) -> Option<Arc<Queue>> {
+    lock(&REGISTRY)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|q| q.name == name && q.ino == ino)
+}
+
+/// Every queue this process is attached to.
+pub(crate) fn attached() -> Vec<Arc<Queue>> {
+    lock(&REGISTRY).iter().filter_map(Weak::upgrade).collect()
+}
+
+fn init_header(map: &os::Mapping, g: &Geometry, o: &CreateOptions) {
+    let base = map.ptr();
+    // SAFETY: the mapping is `g.total_size` bytes, freshly created and zero-filled, not yet
+    // visible to any other process (it is under a temporary name), page-aligned; the
+    // offsets come from `Geometry` and are multiples of each table's alignment.
+    unsafe {
+        let c = &mut *(base as *mut Control);
+        c.magic = MAGIC;
+        c.layout_version = LAYOUT_VERSION;
+        c.capacity = g.capacity;
+        c.slot_count = g.slot_count;
+        c.max_participants = g.max_participants;
+        c.inline_bytes = INLINE_BYTES as u32;
+        c.flags = match o.delivery {
+            Delivery::AtMostOnce => layout::FLAG_AT_MOST_ONCE,
+            Delivery::AtLeastOnce => 0,
+        };
+        c.max_message_size = o.max_message_size;
+        c.max_payload_bytes = o.max_payload_bytes;
+        c.total_size = g.total_size;
+        c.parts_off = g.parts_off;
+        c.cells_off = g.cells_off;
+        c.slots_off = g.slots_off;
+        let cells = base.add(g.cells_off as usize) as *mut AtomicU64;
+        for i in 0..g.capacity {
+            cells
+                .add(i as usize)
+                .write(AtomicU64::new(layout::init_cell(i)));
+        }
+        let slots = base.add(g.slots_off as usize) as *mut SlotRec;
+        for i in 0..g.slot_count as usize {
+            slots.add(i).write(SlotRec::default());
+        }
+        // SYNC POINT: header-init (Release: every field above; pairs with the Acquire
+        // load in `validate`).
+        c.init.store(INIT_READY, Ordering::Release);
+    }
+}
+
+/// Checks a mapped header of `len` bytes and reads its dimensions.
+fn validate(map: &os::Mapping, len: u64) -> Result<Dims, Error> {
+    let not_queue = |m: &str| Error::new(ErrorKind::NotAQueue, format!("not an shmq queue: {m}"));
+    // SAFETY: the caller mapped at least size_of::<Control>() bytes (checked), page-aligned;
+    // every field of Control is valid for any bit pattern.
+    let c = unsafe { &*(map.ptr() as *const Control) };
+    if c.magic != MAGIC {
+        return Err(not_queue("bad magic number"));
+    }
+    if c.layout_version != LAYOUT_VERSION {
+        return Err(Error::new(
+            ErrorKind::VersionMismatch,
+            format!(
+                "queue has shared layout version {}, this shmq uses version {LAYOUT_VERSION} (all processes must use compatible shmq versions)",
+                c.layout_version
+            ),
+        ));
+    }
+    // SYNC POINT: header-init (Acquire).
+    if c.init.load(Ordering::Acquire) != INIT_READY {
+        return Err(Error::corrupt("queue header was never completed"));
+    }
+    let (cap, slots, parts) = (c.capacity, c.slot_count, c.max_participants);
+    if cap == 0
+        || cap > MAX_CAPACITY
+        || slots == 0
+        || slots > MAX_SLOTS
+        || parts == 0
+        || parts >= MAX_PARTICIPANTS
+    {
+        return Err(Error::corrupt(format!(
+            "queue header has impossible dimensions (capacity {cap}, slots {slots}, participants {parts})"
+        )));
+    }
+    if c.inline_bytes != INLINE_BYTES as u32 {
+        return Err(Error::corrupt("queue header has a foreign inline size"));
+    }
+    let g = Geometry::new(cap, slots, parts);
+    if (c.parts_off, c.cells_off, c.slots_off, c.total_size)
+        != (g.parts_off, g.cells_off, g.slots_off, g.total_size)
+    {
+        return Err(Error::corrupt(
+            "queue header's table offsets do not match its dimensions",
+        ));
+    }
+    if len < g.total_size || map.len() < g.total_size as usize {
+        return Err(Error::new(
+            ErrorKind::NotAQueue,
+            format!(
+                "queue header is truncated ({len} bytes, needs {})",
+                g.total_size
+            ),
+        ));
+    }
+    if c.max_message_size == 0 || c.max_payload_bytes < c.max_message_size {
+        return Err(Error::corrupt("queue header has impossible size limits"));
+    }
+    Ok(Dims {
+        geometry: g,
+        max_message_size: c.max_message_size,
+        max_payload_bytes: c.max_payload_bytes,
+        at_most_once: c.flags & layout::FLAG_AT_MOST_ONCE != 0,
+        bitmap_words: (parts as usize).div_ceil(64),
+    })
+}
+
+/// Removes the queue `name` if no process is attached to it. Returns whether it did.
+pub(crate) fn gc_one(name: &str) -> Result<bool, Error> {
+    let path = os::header_path(name);
+    let file = match os::open_rw(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
+    };
+    let len = os::file_len(&file).map_err(|e| Error::io("cannot stat", e))?;
+    if len < std::mem::size_of::<Control>() as u64 {
+        return Ok(false);
+    }
+    let map = os::Mapping::new(&file, std::mem::size_of::<Control>() as u64)
+        .map_err(|e| Error::io("cannot map", e))?;
+    // SAFETY: mapped size_of::<Control>() bytes, page-aligned; plain integers.
+    let magic = unsafe { (*(map.ptr() as *const Control)).magic };
+    if magic != MAGIC {
+        return Ok(false); // not ours: leave it alone
+    }
+    let ino = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", e))?
+        .ino();
+    if os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_WRLCK as libc::c_short)
+        .map_err(|e| Error::io("cannot lock", e))?
+    {
+        destroy_objects(name, ino);
+        return Ok(true);
+    }
+    Ok(false)
+}

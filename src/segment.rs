@@ -1,0 +1,244 @@
+//! Payload segments: one shared-memory object per payload slot, created on demand, sized
+//! by power-of-two class, reused across messages, mapped once per process.
+//!
+//! A payload of at most `INLINE_BYTES` lives in the slot record itself. A larger one lives
+//! at offset 0 (page-aligned, hence 64-byte aligned) of `/dev/shm/shmq.<queue>.<slot>`.
+//! Only the slot's current owner (LOANED) resizes the object; it bumps the slot's `epoch`
+//! *before* changing the object, so every process notices at its next use that its cached
+//! mapping is stale, and it writes `seg_size` after. Each process caches one mapping per
+//! slot, keyed by epoch. The file's own size (`fstat`) is checked before any mapping is
+//! used, so a `seg_size` left stale by a crash, or a corrupt one, can never make us touch
+//! memory past the end of the object.
+//!
+//! Growth (owner of slot `s`, needs `n` bytes):
+//!
+//! ```text
+//!   class = next power of two ≥ n (≥ 4 KiB, ≤ max message size rounded to a page)
+//!   if Σ seg_size + class − seg_size[s] > max_payload_bytes: trim FREE slots' objects,
+//!       else back-pressure (the caller waits, as when the queue is full)
+//!   epoch[s] += 1                                                             (G1)
+//!   ftruncate + posix_fallocate the object to `class`                         (G2)
+//!   seg_size[s] = class                                                       (G3)
+//! ```
+//!
+//! Killed after G1/G2: the slot is LOANED by the dead and recovery frees it; the next owner
+//! finds `seg_size` and the file size disagreeing and sizes the object again. The payload
+//! bound is checked when a segment grows; producers growing at the same moment can each
+//! pass the check, so the bound can be overshot by at most one class per concurrent grower.
+
+use crate::error::{Error, ErrorKind};
+use crate::layout::{Shared, SlotState, INLINE_BYTES};
+use crate::os;
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, Mutex};
+
+/// One mapped segment object.
+pub struct Seg {
+    map: os::Mapping,
+    epoch: u64,
+}
+
+impl Seg {
+    /// Start of the payload.
+    pub fn ptr(&self) -> *mut u8 {
+        self.map.ptr()
+    }
+    /// Mapped bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Why a segment could not be provided for writing.
+pub enum GrowError {
+    /// The payload-bytes bound is reached: wait for acks, like a full queue.
+    PoolFull,
+    /// An OS failure.
+    Failed(Error),
+}
+
+/// This process's mappings of one queue's segments.
+pub struct Segments {
+    name: String,
+    cache: Mutex<Vec<Option<Arc<Seg>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the cache lock leaves a valid Vec: go on.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Segments {
+    /// An empty cache for queue `name` with `slots` slots.
+    pub fn new(name: &str, slots: usize) -> Segments {
+        Segments {
+            name: name.to_string(),
+            cache: Mutex::new(vec![None; slots]),
+        }
+    }
+
+    fn cached(&self, s: u32, epoch: u64, need: u64) -> Option<Arc<Seg>> {
+        let c = lock(&self.cache);
+        match &c[s as usize] {
+            Some(seg) if seg.epoch == epoch && seg.len() as u64 >= need => Some(seg.clone()),
+            _ => None,
+        }
+    }
+
+    fn map_existing(&self, s: u32, epoch: u64, need: u64) -> Result<Option<Arc<Seg>>, Error> {
+        let path = os::segment_path(&self.name, s);
+        let file = match os::open_rw(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
+        };
+        let flen = os::file_len(&file).map_err(|e| Error::io("cannot stat a segment", e))?;
+        if flen < need || flen == 0 {
+            return Ok(None);
+        }
+        let map = os::Mapping::new(&file, flen)
+            .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        let seg = Arc::new(Seg { map, epoch });
+        lock(&self.cache)[s as usize] = Some(seg.clone());
+        Ok(Some(seg))
+    }
+
+    /// A mapping of slot `s`'s segment covering `len` bytes, for a consumer that has
+    /// claimed the slot.
+    pub fn for_read(&self, q: &Shared<'_>, s: u32, len: u64) -> Result<Arc<Seg>, Error> {
+        let epoch = q.slots[s as usize].epoch.load(Acquire);
+        if let Some(seg) = self.cached(s, epoch, len) {
+            return Ok(seg);
+        }
+        self.map_existing(s, epoch, len)?.ok_or_else(|| {
+            Error::corrupt(format!(
+                "payload segment of slot {s} of queue {:?} is missing or shorter than its message ({len} bytes)",
+                self.name
+            ))
+        })
+    }
+
+    /// A mapping of at least `need` bytes of slot `s`'s segment, for the producer that
+    /// holds the slot LOANED as participant `me`, growing the object if needed.
+    pub fn for_write(
+        &self,
+        q: &Shared<'_>,
+        s: u32,
+        need: u64,
+        me: u16,
+        max_message: u64,
+        max_pool: u64,
+    ) -> Result<Arc<Seg>, GrowError> {
+        let rec = &q.slots[s as usize];
+        let epoch = rec.epoch.load(Relaxed);
+        if rec.seg_size.load(Relaxed) >= need {
+            if let Some(seg) = self.cached(s, epoch, need) {
+                return Ok(seg);
+            }
+            if let Some(seg) = self
+                .map_existing(s, epoch, need)
+                .map_err(GrowError::Failed)?
+            {
+                return Ok(seg);
+            }
+        }
+        let cap = max_message.div_ceil(4096) * 4096;
+        let class = need
+            .next_power_of_two()
+            .clamp(4096, cap.max(4096))
+            .max(need);
+        let old = rec.seg_size.load(Relaxed);
+        let extra = class.saturating_sub(old);
+        if pool_bytes(q).saturating_add(extra) > max_pool {
+            self.trim(q, s, me, extra, max_pool);
+            if pool_bytes(q).saturating_add(extra) > max_pool {
+                return Err(GrowError::PoolFull);
+            }
+        }
+        // G1: make every cached mapping of this slot stale first.
+        let epoch = rec.epoch.fetch_add(1, Release) + 1;
+        lock(&self.cache)[s as usize] = None;
+        crate::fault::point("send.grow");
+        let path = os::segment_path(&self.name, s);
+        let file = os::open_or_create(&path).map_err(|e| {
+            GrowError::Failed(Error::io(format!("cannot create {}", path.display()), e))
+        })?;
+        // G2.
+        if let Err(e) = os::size_and_reserve(&file, class) {
+            let _ = file.set_len(0);
+            rec.seg_size.store(0, Release);
+            return Err(GrowError::Failed(Error::io(
+                format!("cannot reserve {class} bytes of shared memory for a message (is /dev/shm full?)"),
+                e,
+            )));
+        }
+        // G3.
+        rec.seg_size.store(class, Release);
+        let map = os::Mapping::new(&file, class).map_err(|e| {
+            GrowError::Failed(Error::io(format!("cannot map {}", path.display()), e))
+        })?;
+        let seg = Arc::new(Seg { map, epoch });
+        lock(&self.cache)[s as usize] = Some(seg.clone());
+        Ok(seg)
+    }
+
+    /// Shrinks FREE slots' segments to zero until `extra` more bytes fit under `max_pool`.
+    /// Each victim is taken like any allocation (FREE -> LOANED by `me`), emptied, freed.
+    fn trim(&self, q: &Shared<'_>, keep: u32, me: u16, extra: u64, max_pool: u64) {
+        for (i, rec) in q.slots.iter().enumerate() {
+            if pool_bytes(q).saturating_add(extra) <= max_pool {
+                return;
+            }
+            if i as u32 == keep || rec.seg_size.load(Relaxed) == 0 {
+                continue;
+            }
+            let w = rec.word.load(Relaxed);
+            if crate::layout::slot_state(w) != Some(SlotState::Free) {
+                continue;
+            }
+            let loaned =
+                crate::layout::slot_word(crate::layout::slot_gen(w), SlotState::Loaned, me);
+            if rec
+                .word
+                .compare_exchange(w, loaned, crate::sync::Ordering::AcqRel, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // Same order as growth: epoch, then the object, then seg_size.
+            rec.epoch.fetch_add(1, Release);
+            lock(&self.cache)[i] = None;
+            if let Ok(f) = os::open_rw(&os::segment_path(&self.name, i as u32)) {
+                let _ = f.set_len(0);
+            }
+            rec.seg_size.store(0, Release);
+            crate::slots::free(q, i as u32, loaned);
+        }
+    }
+
+    /// Drops every cached mapping (the queue is being detached).
+    pub fn clear(&self) {
+        lock(&self.cache).iter_mut().for_each(|c| *c = None);
+    }
+}
+
+/// Bytes of all payload segments as recorded in the slot table.
+pub fn pool_bytes(q: &Shared<'_>) -> u64 {
+    q.slots
+        .iter()
+        .map(|r| r.seg_size.load(Relaxed))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Whether a payload of `len` bytes is carried inline in the slot record.
+pub fn is_inline(len: u64) -> bool {
+    len <= INLINE_BYTES as u64
+}
+
+/// An error for a `len` read from shared memory that no producer could have written.
+pub fn bad_len(len: u64, max: u64) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("message length {len} in shared memory exceeds the queue's maximum {max}"),
+    )
+}

@@ -1,0 +1,298 @@
+//! Supervision: noticing dead participants and running recovery for them.
+//!
+//! **Liveness** (DESIGN §4) is judged by the kernel, not by a timeout: participant `i` holds
+//! an OFD write lock on byte `1 + i` of the header through a descriptor of its own, and the
+//! kernel drops it when the process dies, before the process is even reaped (a zombie holds
+//! no locks). A lock byte that is free while the record is still ACTIVE means its owner is
+//! dead. Pid reuse cannot fool this (a new process with the old pid holds no lock of
+//! ours), and a SIGSTOPped process keeps its lock, so it stays alive however long it
+//! sleeps. The one way a dead participant's lock can survive is a forked child that
+//! inherited the descriptor (handles are not fork-safe); that case is caught by
+//! cross-checking the recorded pid and start time in `/proc` (same pid namespace only:
+//! across namespaces the lock alone decides, never a doubtful pid).
+//!
+//! **Notification**: the watcher holds a `pidfd` per peer process in an epoll set, so it
+//! wakes as soon as a peer exits; it also rescans every 100 ms (new participants, other
+//! pid namespaces, kernels without pidfd).
+//!
+//! **Recovery** runs under the queue's lease (`roster.rs`): one runner at a time, taken
+//! over from a holder only once that holder is proven dead. The runner re-checks under the
+//! lease that the record still holds the very word judged dead (recovery.rs V0).
+//!
+//! **Who runs it**: by default one background thread per process (for all its queues, see
+//! [`Supervision::Thread`](crate::Supervision)); also every `open()` before it returns,
+//! every blocked call of a [`Supervision::Manual`](crate::Supervision) process once per
+//! 100 ms slice, and a [`Supervisor`] that a user runs in a process of its own.
+
+use crate::error::Error;
+use crate::layout::{lease_idx, part_gen, part_role};
+use crate::queue::{Queue, Supervision};
+use crate::sync::Ordering;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+/// Recovers every dead participant of `q`. Returns how many records were released.
+pub(crate) fn repair(q: &Queue) -> Result<usize, Error> {
+    let s = q.shared();
+    let mut dead = Vec::new();
+    for (i, rec) in s.parts.iter().enumerate() {
+        let w = rec.state.load(Ordering::Acquire);
+        if part_role(w).is_some() && q.is_dead(i as u16, w) {
+            dead.push((i as u16, w));
+        }
+    }
+    let mut n = 0;
+    for (i, w) in dead {
+        if recover_one(q, i, w) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Recovers participant `i` (record word `w`, proven dead) under the lease. Returns true
+/// if the record is free afterwards; false if the lease is busy with a live runner.
+pub(crate) fn recover_one(q: &Queue, i: u16, w: u64) -> bool {
+    let s = q.shared();
+    let Some(me) = q.lease_word() else {
+        return false;
+    };
+    if let Err(holder) = crate::roster::take_lease(&s, me) {
+        let hi = lease_idx(holder);
+        let alive = match s.parts.get(hi as usize) {
+            Some(rec) => {
+                let hw = rec.state.load(Ordering::Acquire);
+                part_role(hw).is_some()
+                    && part_gen(hw) == (holder >> 16) as u32
+                    && !q.is_dead(hi, hw)
+            }
+            None => false, // a corrupt lease word names nobody
+        };
+        if alive || !crate::roster::steal_lease(&s, holder, me) {
+            return false;
+        }
+    }
+    let r = crate::recovery::recover(&s, i, w, true);
+    crate::roster::release_lease(&s, me);
+    crate::wait::bump(&q.futex, &s.ctl.not_empty);
+    crate::wait::bump(&q.futex, &s.ctl.not_full);
+    r.released || part_role(s.parts[i as usize].state.load(Ordering::Acquire)).is_none()
+}
+
+/// Starts this process's watcher thread (once) for queues in [`Supervision::Thread`] mode.
+pub(crate) fn watch(_q: &Arc<Queue>) {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("shmq-supervisor".into())
+            .spawn(|| {
+                let never = AtomicBool::new(false);
+                watch_loop(
+                    || {
+                        crate::queue::attached()
+                            .into_iter()
+                            .filter(|q| q.supervision == Supervision::Thread)
+                            .collect()
+                    },
+                    &never,
+                )
+            });
+    });
+}
+
+/// The watcher: pidfds of peer processes in an epoll set, plus a 100 ms rescan.
+fn watch_loop(mut queues: impl FnMut() -> Vec<Arc<Queue>>, stop: &AtomicBool) {
+    let ep = Epoll::new();
+    // pid -> (start time, pidfd)
+    let mut watched: HashMap<u32, (u64, OwnedFd)> = HashMap::new();
+    let me = std::process::id();
+    let my_ns = crate::os::pid_namespace();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let qs = queues();
+        for q in &qs {
+            let _ = repair(q);
+            // Watch every peer process we do not watch yet.
+            for rec in q.shared().parts {
+                if part_role(rec.state.load(Ordering::Acquire)).is_none() {
+                    continue;
+                }
+                let (pid, start) = (
+                    rec.pid.load(Ordering::Relaxed),
+                    rec.start_time.load(Ordering::Relaxed),
+                );
+                if pid == me
+                    || rec.pid_ns.load(Ordering::Relaxed) != my_ns
+                    || watched.get(&pid).is_some_and(|w| w.0 == start)
+                {
+                    continue;
+                }
+                if let Some(fd) = crate::os::pidfd_open(pid) {
+                    // The pid may have been reused between the record and the open: keep
+                    // the fd only if it is the recorded process.
+                    if crate::os::proc_stat(pid).is_some_and(|st| st.start_time == start) {
+                        if let Some(ep) = &ep {
+                            ep.add(&fd);
+                        }
+                        watched.insert(pid, (start, fd));
+                    }
+                }
+            }
+        }
+        drop(qs);
+        let fired = match &ep {
+            Some(ep) => ep.wait(Duration::from_millis(100)),
+            None => {
+                std::thread::sleep(Duration::from_millis(20));
+                Vec::new()
+            }
+        };
+        // Forget exited processes (their pidfds stay readable).
+        if !fired.is_empty() {
+            watched.retain(|_, (_, fd)| {
+                let gone = fired.contains(&fd.as_raw_fd());
+                if gone {
+                    if let Some(ep) = &ep {
+                        ep.del(fd);
+                    }
+                }
+                !gone
+            });
+        }
+    }
+}
+
+/// A minimal epoll set of pidfds.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> Option<Epoll> {
+        // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is fresh and owned by nobody else.
+        Some(Epoll(unsafe {
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+    fn add(&self, fd: &OwnedFd) {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd.as_raw_fd() as u64,
+        };
+        // SAFETY: both descriptors are valid; `ev` outlives the call.
+        unsafe {
+            libc::epoll_ctl(
+                self.0.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+    }
+    fn del(&self, fd: &OwnedFd) {
+        // SAFETY: both descriptors are valid; a null event is allowed for EPOLL_CTL_DEL.
+        unsafe {
+            libc::epoll_ctl(
+                self.0.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd.as_raw_fd(),
+                std::ptr::null_mut(),
+            )
+        };
+    }
+    fn wait(&self, t: Duration) -> Vec<i32> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        // SAFETY: `evs` is a valid buffer of 16 events for the call.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                evs.as_mut_ptr(),
+                16,
+                t.as_millis() as i32,
+            )
+        };
+        evs[..n.max(0) as usize]
+            .iter()
+            .map(|e| e.u64 as i32)
+            .collect()
+    }
+}
+
+/// Supervision of one queue from a process of its own (or from any thread).
+///
+/// Attaching does not count as a sender or receiver. Use it when handles run in
+/// [`Supervision::Manual`](crate::Supervision) mode, or to keep a queue repaired while no
+/// handle is blocked in it.
+///
+/// ```
+/// # fn main() -> Result<(), shmq::Error> {
+/// let (tx, _rx) = shmq::channel(4)?;
+/// let sup = shmq::Supervisor::open(tx.name())?;
+/// assert_eq!(sup.run_once()?, 0); // nobody has died
+/// # Ok(()) }
+/// ```
+pub struct Supervisor {
+    q: Arc<Queue>,
+}
+
+impl Supervisor {
+    /// Attaches to queue `name` for supervision.
+    ///
+    /// # Errors
+    /// As [`Sender::open`](crate::Sender::open).
+    pub fn open(name: &str) -> Result<Supervisor, Error> {
+        Ok(Supervisor {
+            q: Queue::open(name, Supervision::Manual)?,
+        })
+    }
+
+    /// Recovers every participant that has died since the last run. Returns how many.
+    ///
+    /// # Errors
+    /// None today; reserved for OS failures.
+    pub fn run_once(&self) -> Result<usize, Error> {
+        repair(&self.q)
+    }
+
+    /// Watches the queue until `stop` is set, repairing within milliseconds of a death.
+    pub fn run(&self, stop: &AtomicBool) {
+        let q = self.q.clone();
+        watch_loop(move || vec![q.clone()], stop)
+    }
+}
+
+/// Removes every queue in `/dev/shm` that no live process is attached to, with its payload
+/// segments, and stale half-created headers. Returns the names of the queues removed.
+///
+/// # Errors
+/// If `/dev/shm` cannot be read.
+pub fn gc() -> Result<Vec<String>, Error> {
+    let mut removed = Vec::new();
+    for name in crate::os::list_queue_names().map_err(|e| Error::io("cannot list /dev/shm", e))? {
+        if crate::queue::gc_one(&name)? {
+            removed.push(name);
+        }
+    }
+    // Half-created headers whose creator died before linking them.
+    if let Ok(rd) = std::fs::read_dir(crate::os::SHM_DIR) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".shmq-new.") {
+                if let Ok(f) = crate::os::open_rw(&e.path()) {
+                    if let Ok(true) = crate::os::try_lock(
+                        &f,
+                        crate::os::LIFECYCLE_BYTE,
+                        libc::F_WRLCK as libc::c_short,
+                    ) {
+                        let _ = crate::os::unlink(&e.path());
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
