@@ -5,7 +5,7 @@ use crate::error::{
     TrySendError,
 };
 use crate::layout::{part_gen, sender_idx, sender_word, Role, SlotState};
-use crate::queue::{Queue, Reg, Supervision};
+use crate::queue::{Queue, Reg, Supervision, User};
 use crate::ring::{self, RingError};
 use crate::segment::{self, GrowError, Seg};
 use crate::slots;
@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 /// One participant record held by a handle (and by its loans and messages, which keep
 /// the record alive until they are gone).
 pub(crate) struct Participant {
-    pub q: Arc<Queue>,
+    pub q: User,
     reg: Option<Reg>,
 }
 
 impl Participant {
-    pub fn new(q: Arc<Queue>, role: Role) -> Result<Arc<Participant>, Error> {
+    pub fn new(q: User, role: Role) -> Result<Arc<Participant>, Error> {
         let reg = q.register(role)?;
         Ok(Arc::new(Participant { q, reg: Some(reg) }))
     }
@@ -96,7 +96,7 @@ impl fmt::Debug for Sender {
 }
 
 impl Sender {
-    pub(crate) fn from_queue(q: Arc<Queue>) -> Result<Sender, Error> {
+    pub(crate) fn from_queue(q: User) -> Result<Sender, Error> {
         Ok(Sender {
             p: Participant::new(q, Role::Sender)?,
         })
@@ -574,7 +574,7 @@ impl fmt::Debug for Receiver {
 }
 
 impl Receiver {
-    pub(crate) fn from_queue(q: Arc<Queue>) -> Result<Receiver, Error> {
+    pub(crate) fn from_queue(q: User) -> Result<Receiver, Error> {
         Ok(Receiver {
             p: Participant::new(q, Role::Receiver)?,
         })

@@ -99,9 +99,6 @@ pub use queue::{Delivery, Supervision};
 #[cfg(not(shmq_loom))]
 pub use supervisor::{gc, Supervisor};
 
-#[cfg(not(shmq_loom))]
-use std::sync::Arc;
-
 /// A new queue of exact capacity `capacity` with default options and a fresh unique name;
 /// returns its first sender and receiver. Other processes attach with
 /// [`Sender::open`]/[`Receiver::open`] and [`Sender::name`].
@@ -223,7 +220,7 @@ impl Builder {
         Ok((Sender::from_queue(q.clone())?, Receiver::from_queue(q)?))
     }
 
-    fn attach(&self) -> Result<Arc<queue::Queue>, Error> {
+    fn attach(&self) -> Result<queue::User, Error> {
         let name = self.create.name.as_deref().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidName,

@@ -101,6 +101,52 @@ pub(crate) struct Queue {
     peers: Mutex<(u64, u32, u32)>,
     /// A per-process spread for slot scans.
     cursor: LocalU64,
+    /// [`User`]s of this attachment; changed only under the `REGISTRY` lock.
+    users: std::sync::atomic::AtomicUsize,
+    /// Set (under the `REGISTRY` lock) when the last user left; never reused after.
+    detached: std::sync::atomic::AtomicBool,
+}
+
+/// A counted use of a process's attachment (held by every participant and by a
+/// [`Supervisor`](crate::Supervisor)). When the last one goes, the process detaches right
+/// there, synchronously: releases its monitor record and, if no other process is
+/// attached, unlinks the queue. (Plain `Arc` counting would not do: the supervisor thread
+/// briefly holds `Arc`s too, and the last handle's drop must leave `/dev/shm` clean before
+/// it returns.)
+pub(crate) struct User(Arc<Queue>);
+
+impl User {
+    /// The attachment itself (for the supervisor thread, which does not count as a user).
+    pub fn arc(&self) -> &Arc<Queue> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for User {
+    type Target = Queue;
+    fn deref(&self) -> &Queue {
+        &self.0
+    }
+}
+
+impl Clone for User {
+    fn clone(&self) -> User {
+        let _g = lock(&REGISTRY);
+        self.0.users.fetch_add(1, LocalOrdering::Relaxed);
+        User(self.0.clone())
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let mut g = lock(&REGISTRY);
+        if self.0.users.fetch_sub(1, LocalOrdering::Relaxed) == 1 {
+            self.0.detached.store(true, LocalOrdering::Relaxed);
+            g.retain(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.0)) && w.strong_count() > 0);
+            drop(g);
+            self.0.detach();
+        }
+    }
 }
 
 static REGISTRY: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
@@ -151,7 +197,7 @@ impl Queue {
     }
 
     /// Creates a queue and attaches to it.
-    pub fn create(o: &CreateOptions, supervision: Supervision) -> Result<Arc<Queue>, Error> {
+    pub fn create(o: &CreateOptions, supervision: Supervision) -> Result<User, Error> {
         let name = match &o.name {
             Some(n) => n.clone(),
             None => unique_name(),
@@ -232,7 +278,7 @@ impl Queue {
     }
 
     /// Attaches to an existing queue (or reuses this process's attachment).
-    pub fn open(name: &str, supervision: Supervision) -> Result<Arc<Queue>, Error> {
+    pub fn open(name: &str, supervision: Supervision) -> Result<User, Error> {
         os::validate_name(name)?;
         let path = os::header_path(name);
         let not_found = || {
@@ -298,7 +344,7 @@ impl Queue {
         ino: u64,
         dims: Dims,
         supervision: Supervision,
-    ) -> Result<Arc<Queue>, Error> {
+    ) -> Result<User, Error> {
         let q = Arc::new(Queue {
             segs: Segments::new(&name, dims.geometry.slot_count as usize),
             name,
@@ -311,14 +357,17 @@ impl Queue {
             supervision,
             peers: Mutex::new((u64::MAX, 0, 0)),
             cursor: LocalU64::new(rand::random::<u32>() as u64),
+            users: std::sync::atomic::AtomicUsize::new(1),
+            detached: std::sync::atomic::AtomicBool::new(false),
         });
+        let q = User(q);
         let mon = q.register(Role::Monitor)?;
         *lock(&q.monitor) = Some(mon);
         // open() repairs what dead participants left before it returns.
         crate::supervisor::repair(&q)?;
-        lock(&REGISTRY).push(Arc::downgrade(&q));
+        lock(&REGISTRY).push(Arc::downgrade(q.arc()));
         if supervision == Supervision::Thread {
-            crate::supervisor::watch(&q);
+            crate::supervisor::watch();
         }
         Ok(q)
     }
@@ -445,22 +494,30 @@ impl Queue {
     }
 }
 
-impl Drop for Queue {
-    fn drop(&mut self) {
-        if let Some(mon) = lock(&self.monitor).take() {
-            self.leave(mon);
-        }
+impl Queue {
+    /// Leaves the queue for this process: releases the monitor record and, if no other
+    /// process is attached (our shared lifecycle lock upgrades to exclusive), unlinks the
+    /// header and every segment object. Idempotent.
+    fn detach(&self) {
+        let Some(mon) = lock(&self.monitor).take() else {
+            return;
+        };
+        self.leave(mon);
         self.segs.clear();
-        lock(&REGISTRY).retain(|w| w.strong_count() > 0);
-        // Last process out destroys the queue: only possible if nobody else holds the
-        // lifecycle lock (upgrading our shared lock to exclusive).
-        if let Ok(true) = os::try_lock(
+        let last = os::try_lock(
             &self.probe,
             os::LIFECYCLE_BYTE,
             libc::F_WRLCK as libc::c_short,
-        ) {
+        );
+        if let Ok(true) = last {
             destroy_objects(&self.name, self.ino);
         }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 
@@ -473,16 +530,23 @@ fn destroy_objects(name: &str, ino: u64) {
     }
 }
 
-fn find_attached(name: &str, ino: u64) -> Option<Arc<Queue>> {
-    lock(&REGISTRY)
+fn find_attached(name: &str, ino: u64) -> Option<User> {
+    let g = lock(&REGISTRY);
+    let q = g
         .iter()
         .filter_map(Weak::upgrade)
-        .find(|q| q.name == name && q.ino == ino)
+        .find(|q| q.name == name && q.ino == ino && !q.detached.load(LocalOrdering::Relaxed))?;
+    q.users.fetch_add(1, LocalOrdering::Relaxed);
+    Some(User(q))
 }
 
 /// Every queue this process is attached to.
 pub(crate) fn attached() -> Vec<Arc<Queue>> {
-    lock(&REGISTRY).iter().filter_map(Weak::upgrade).collect()
+    lock(&REGISTRY)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|q| !q.detached.load(LocalOrdering::Relaxed))
+        .collect()
 }
 
 fn init_header(map: &os::Mapping, g: &Geometry, o: &CreateOptions) {

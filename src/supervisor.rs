@@ -83,7 +83,7 @@ pub(crate) fn recover_one(q: &Queue, i: u16, w: u64) -> bool {
 }
 
 /// Starts this process's watcher thread (once) for queues in [`Supervision::Thread`] mode.
-pub(crate) fn watch(_q: &Arc<Queue>) {
+pub(crate) fn watch() {
     static START: Once = Once::new();
     START.call_once(|| {
         let _ = std::thread::Builder::new()
@@ -237,7 +237,7 @@ impl Epoll {
 /// # Ok(()) }
 /// ```
 pub struct Supervisor {
-    q: Arc<Queue>,
+    q: crate::queue::User,
 }
 
 impl Supervisor {
@@ -261,7 +261,7 @@ impl Supervisor {
 
     /// Watches the queue until `stop` is set, repairing within milliseconds of a death.
     pub fn run(&self, stop: &AtomicBool) {
-        let q = self.q.clone();
+        let q = self.q.arc().clone();
         watch_loop(move || vec![q.clone()], stop)
     }
 }
