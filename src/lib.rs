@@ -246,3 +246,8 @@ impl Builder {
         Receiver::from_queue(self.attach()?)
     }
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
