@@ -840,7 +840,6 @@ impl Drop for Message {
         }
         crate::fault::point("ack.freed");
         if let Some(sr) = s.parts.get(sender_idx(stamp) as usize) {
-            sr.acks.fetch_add(1, Relaxed);
             wait::notify(&q.futex, &sr.ack_seq, std::slice::from_ref(&sr.ack_waiting));
         }
         wait::notify(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));

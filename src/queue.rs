@@ -97,8 +97,9 @@ pub(crate) struct Queue {
     pub futex: OsFutex,
     monitor: Mutex<Option<Reg>>,
     pub supervision: Supervision,
-    /// Process-local cache of `(roster_epoch, senders, receivers)`.
-    peers: Mutex<(u64, u32, u32)>,
+    /// Process-local cache of the roster, one word so it is never torn:
+    /// `epoch (low 32 bits) << 32 | senders << 16 | receivers`.
+    peers: LocalU64,
     /// A per-process spread for slot scans.
     cursor: LocalU64,
     /// [`User`]s of this attachment; changed only under the `REGISTRY` lock.
@@ -355,7 +356,7 @@ impl Queue {
             futex: OsFutex,
             monitor: Mutex::new(None),
             supervision,
-            peers: Mutex::new((u64::MAX, 0, 0)),
+            peers: LocalU64::new(u64::MAX),
             cursor: LocalU64::new(rand::random::<u32>() as u64),
             users: std::sync::atomic::AtomicUsize::new(1),
             detached: std::sync::atomic::AtomicBool::new(false),
@@ -471,13 +472,16 @@ impl Queue {
     /// moves.
     pub fn peers(&self) -> (u32, u32) {
         let q = self.shared();
-        let epoch = q.ctl.counters.roster_epoch.load(Ordering::Acquire);
-        let mut c = lock(&self.peers);
-        if c.0 != epoch {
-            let (tx, rx) = crate::roster::count_roles(&q);
-            *c = (epoch, tx, rx);
+        // SYNC POINT: roster (Acquire: pairs with the epoch bump after a record changes).
+        let epoch = q.ctl.counters.roster_epoch.load(Ordering::Acquire) as u32;
+        let v = self.peers.load(LocalOrdering::Relaxed);
+        if (v >> 32) as u32 == epoch && v != u64::MAX {
+            return (((v >> 16) & 0xFFFF) as u32, (v & 0xFFFF) as u32);
         }
-        (c.1, c.2)
+        let (tx, rx) = crate::roster::count_roles(&q);
+        let packed = (epoch as u64) << 32 | (tx.min(0xFFFF) as u64) << 16 | rx.min(0xFFFF) as u64;
+        self.peers.store(packed, LocalOrdering::Relaxed);
+        (tx, rx)
     }
 
     /// A starting point for slot scans.

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! register (lock on byte i held):
-//!   pid, start_time, pid_ns, sent, acks := ...                               (G1)
+//!   pid, start_time, pid_ns, sent := ...                               (G1)
 //!   CAS state: FREE(g) -> ACTIVE(g, role)                                    (G2)
 //!   roster_epoch += 1                                                        (G3)
 //! leave (clean drop; the handle owns no slot any more):
@@ -54,7 +54,6 @@ pub fn register(q: &Shared<'_>, idx: u16, role: Role, id: Identity) -> Result<u6
     rec.start_time.store(id.start_time, Relaxed);
     rec.pid_ns.store(id.pid_ns, Relaxed);
     rec.sent.store(0, Relaxed);
-    rec.acks.store(0, Relaxed);
     rec.ack_waiting.store(0, Relaxed);
     let active = part_active(part_gen(w), role);
     // G2. SYNC POINT: roster (Release: the fields above; pairs with the Acquire loads of
