@@ -86,6 +86,8 @@ mod queue;
 #[cfg(not(shmq_loom))]
 mod segment;
 #[cfg(not(shmq_loom))]
+pub mod shutdown;
+#[cfg(not(shmq_loom))]
 mod supervisor;
 
 pub use error::{

@@ -519,6 +519,29 @@ impl Queue {
     }
 }
 
+impl Queue {
+    /// Releases every record of this process in this queue as recovery would after its
+    /// death (handles first, the monitor, which holds the lease, last), then detaches.
+    pub fn abandon(&self) {
+        let s = self.shared();
+        let me = os::my_identity();
+        let mine = |i: usize| {
+            let r = &s.parts[i];
+            r.pid.load(Ordering::Relaxed) == me.pid
+                && r.start_time.load(Ordering::Relaxed) == me.start_time
+                && r.pid_ns.load(Ordering::Relaxed) == me.pid_ns
+        };
+        let mon = lock(&self.monitor).as_ref().map(|m| m.idx);
+        for (i, rec) in s.parts.iter().enumerate() {
+            let w = rec.state.load(Ordering::Acquire);
+            if part_role(w).is_some() && mine(i) && Some(i as u16) != mon {
+                crate::supervisor::recover_one(self, i as u16, w);
+            }
+        }
+        self.detach();
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         self.detach();
