@@ -89,6 +89,8 @@ mod segment;
 pub mod shutdown;
 #[cfg(not(shmq_loom))]
 mod supervisor;
+#[cfg(not(shmq_loom))]
+pub mod typed;
 
 pub use error::{
     AckTimeoutError, Error, ErrorKind, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
@@ -100,6 +102,8 @@ pub use handles::{Loan, Message, Receiver, Sender, Unsent};
 pub use queue::{Delivery, Supervision};
 #[cfg(not(shmq_loom))]
 pub use supervisor::{gc, Supervisor};
+#[cfg(not(shmq_loom))]
+pub use typed::{CastError, Pod, Zeroable};
 
 /// A new queue of exact capacity `capacity` with default options and a fresh unique name;
 /// returns its first sender and receiver. Other processes attach with
