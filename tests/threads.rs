@@ -20,9 +20,15 @@ fn run(producers: usize, consumers: usize, per_producer: u64, capacity: usize, s
                     Ok(m) => {
                         let p = u64::from_le_bytes(m[0..8].try_into().unwrap());
                         let i = u64::from_le_bytes(m[8..16].try_into().unwrap());
-                        assert!(m[16..].iter().all(|&b| b == (p ^ i) as u8), "payload corrupt");
+                        assert!(
+                            m[16..].iter().all(|&b| b == (p ^ i) as u8),
+                            "payload corrupt"
+                        );
                         if let Some(&l) = last.get(&p) {
-                            assert!(i > l, "consumer {c}: producer {p} out of order: {i} after {l}");
+                            assert!(
+                                i > l,
+                                "consumer {c}: producer {p} out of order: {i} after {l}"
+                            );
                         }
                         last.insert(p, i);
                         *got.lock().unwrap().entry((p, i)).or_default() += 1;
@@ -57,7 +63,10 @@ fn run(producers: usize, consumers: usize, per_producer: u64, capacity: usize, s
     }
     let got = got.lock().unwrap();
     assert_eq!(got.len() as u64, producers as u64 * per_producer);
-    assert!(got.values().all(|&n| n == 1), "a message was delivered twice");
+    assert!(
+        got.values().all(|&n| n == 1),
+        "a message was delivered twice"
+    );
     assert!(!std::path::Path::new(&format!("/dev/shm/shmq.{name}")).exists());
 }
 
