@@ -80,6 +80,8 @@ pub mod fault;
 #[cfg(not(shmq_loom))]
 mod handles;
 #[cfg(not(shmq_loom))]
+pub mod info;
+#[cfg(not(shmq_loom))]
 mod os;
 #[cfg(not(shmq_loom))]
 mod queue;
@@ -101,7 +103,7 @@ pub use handles::{Loan, Message, Receiver, Sender, Unsent};
 #[cfg(not(shmq_loom))]
 pub use queue::{Delivery, Supervision};
 #[cfg(not(shmq_loom))]
-pub use supervisor::{gc, Supervisor};
+pub use supervisor::{gc, gc_dry_run, Supervisor};
 #[cfg(not(shmq_loom))]
 pub use typed::{CastError, Pod, Zeroable};
 

@@ -164,32 +164,7 @@ pub(crate) fn unique_name() -> String {
 impl Queue {
     /// The algorithms' view of the tables.
     pub fn shared(&self) -> Shared<'_> {
-        let g = &self.dims.geometry;
-        let base = self.map.ptr();
-        // SAFETY: `open`/`create` checked that the mapping is `g.total_size` bytes long,
-        // page-aligned, and that the tables lie at these offsets (multiples of their
-        // alignment) inside it; every type in them is valid for any bit pattern (atomics,
-        // integers, bytes) and shared mutation goes through atomics or the slot protocol.
-        // The slices borrow `self`, which keeps the mapping alive.
-        unsafe {
-            Shared {
-                ctl: &*(base as *const Control),
-                parts: std::slice::from_raw_parts(
-                    base.add(g.parts_off as usize) as *const PartRec,
-                    g.max_participants as usize,
-                ),
-                cells: std::slice::from_raw_parts(
-                    base.add(g.cells_off as usize) as *const AtomicU64,
-                    g.capacity as usize,
-                ),
-                slots: std::slice::from_raw_parts(
-                    base.add(g.slots_off as usize) as *const SlotRec,
-                    g.slot_count as usize,
-                ),
-                cap: g.capacity as u64,
-                at_most_once: self.dims.at_most_once,
-            }
-        }
+        view(&self.map, &self.dims)
     }
 
     /// The first `bitmap_words` words of a waiter bitmap.
@@ -576,6 +551,64 @@ pub(crate) fn attached() -> Vec<Arc<Queue>> {
         .collect()
 }
 
+/// The algorithms' view of a validated header mapping.
+pub(crate) fn view<'a>(map: &'a os::Mapping, dims: &Dims) -> Shared<'a> {
+    let g = &dims.geometry;
+    let base = map.ptr();
+    // SAFETY: `validate` checked that the mapping is at least `g.total_size` bytes long,
+    // page-aligned, and that the tables lie at these offsets (multiples of their
+    // alignment) inside it; every type in them is valid for any bit pattern (atomics,
+    // integers, bytes) and shared mutation goes through atomics or the slot protocol.
+    // The slices borrow `map`, which keeps the mapping alive.
+    unsafe {
+        Shared {
+            ctl: &*(base as *const Control),
+            parts: std::slice::from_raw_parts(
+                base.add(g.parts_off as usize) as *const PartRec,
+                g.max_participants as usize,
+            ),
+            cells: std::slice::from_raw_parts(
+                base.add(g.cells_off as usize) as *const AtomicU64,
+                g.capacity as usize,
+            ),
+            slots: std::slice::from_raw_parts(
+                base.add(g.slots_off as usize) as *const SlotRec,
+                g.slot_count as usize,
+            ),
+            cap: g.capacity as u64,
+            at_most_once: dims.at_most_once,
+        }
+    }
+}
+
+/// Maps the header of `name` for inspection only: no lock, no participant record.
+pub(crate) fn peek(name: &str) -> Result<(os::Mapping, File, Dims), Error> {
+    os::validate_name(name)?;
+    let path = os::header_path(name);
+    let file = os::open_rw(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::new(
+            ErrorKind::NotFound,
+            format!("no queue named {name:?} (is the name right? `shmq list` shows the queues)"),
+        ),
+        _ => Error::io(format!("cannot open {}", path.display()), e),
+    })?;
+    let len = os::file_len(&file).map_err(|e| Error::io("cannot stat the queue header", e))?;
+    if len < std::mem::size_of::<Control>() as u64 {
+        return Err(Error::new(
+            ErrorKind::NotAQueue,
+            format!(
+                "{} is not an shmq queue (only {len} bytes long)",
+                path.display()
+            ),
+        ));
+    }
+    let map =
+        os::Mapping::new(&file, len).map_err(|e| Error::io("cannot map the queue header", e))?;
+    let dims = validate(&map, len)
+        .map_err(|e| Error::new(e.kind(), format!("{}: {}", path.display(), e)))?;
+    Ok((map, file, dims))
+}
+
 fn init_header(map: &os::Mapping, g: &Geometry, o: &CreateOptions) {
     let base = map.ptr();
     // SAFETY: the mapping is `g.total_size` bytes, freshly created and zero-filled, not yet
@@ -616,7 +649,7 @@ fn init_header(map: &os::Mapping, g: &Geometry, o: &CreateOptions) {
 }
 
 /// Checks a mapped header of `len` bytes and reads its dimensions.
-fn validate(map: &os::Mapping, len: u64) -> Result<Dims, Error> {
+pub(crate) fn validate(map: &os::Mapping, len: u64) -> Result<Dims, Error> {
     let not_queue = |m: &str| Error::new(ErrorKind::NotAQueue, format!("not an shmq queue: {m}"));
     // SAFETY: the caller mapped at least size_of::<Control>() bytes (checked), page-aligned;
     // every field of Control is valid for any bit pattern.
@@ -681,8 +714,9 @@ fn validate(map: &os::Mapping, len: u64) -> Result<Dims, Error> {
     })
 }
 
-/// Removes the queue `name` if no process is attached to it. Returns whether it did.
-pub(crate) fn gc_one(name: &str) -> Result<bool, Error> {
+/// Removes the queue `name` if no process is attached to it (only says whether it would,
+/// if `remove` is false). Returns whether it did (would).
+pub(crate) fn gc_one(name: &str, remove: bool) -> Result<bool, Error> {
     let path = os::header_path(name);
     let file = match os::open_rw(&path) {
         Ok(f) => f,
@@ -707,7 +741,9 @@ pub(crate) fn gc_one(name: &str) -> Result<bool, Error> {
     if os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_WRLCK as libc::c_short)
         .map_err(|e| Error::io("cannot lock", e))?
     {
-        destroy_objects(name, ino);
+        if remove {
+            destroy_objects(name, ino);
+        }
         return Ok(true);
     }
     Ok(false)

@@ -272,11 +272,26 @@ impl Supervisor {
 /// # Errors
 /// If `/dev/shm` cannot be read.
 pub fn gc() -> Result<Vec<String>, Error> {
+    gc_impl(true)
+}
+
+/// The queues [`gc`] would remove now, removing nothing.
+///
+/// # Errors
+/// If `/dev/shm` cannot be read.
+pub fn gc_dry_run() -> Result<Vec<String>, Error> {
+    gc_impl(false)
+}
+
+fn gc_impl(remove: bool) -> Result<Vec<String>, Error> {
     let mut removed = Vec::new();
     for name in crate::os::list_queue_names().map_err(|e| Error::io("cannot list /dev/shm", e))? {
-        if crate::queue::gc_one(&name)? {
+        if crate::queue::gc_one(&name, remove)? {
             removed.push(name);
         }
+    }
+    if !remove {
+        return Ok(removed);
     }
     // Half-created headers whose creator died before linking them.
     if let Ok(rd) = std::fs::read_dir(crate::os::SHM_DIR) {
