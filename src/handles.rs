@@ -20,12 +20,19 @@ use std::time::{Duration, Instant};
 pub(crate) struct Participant {
     pub q: User,
     reg: Option<Reg>,
+    /// Threads of this process blocked on this participant's bit, per word:
+    /// `[not_empty, not_full, acks]` (see `wait::block_on_counted`).
+    blocked: [std::sync::atomic::AtomicU32; 3],
 }
 
 impl Participant {
     pub fn new(q: User, role: Role) -> Result<Arc<Participant>, Error> {
         let reg = q.register(role)?;
-        Ok(Arc::new(Participant { q, reg: Some(reg) }))
+        Ok(Arc::new(Participant {
+            q,
+            reg: Some(reg),
+            blocked: Default::default(),
+        }))
     }
     fn reg(&self) -> &Reg {
         self.reg.as_ref().expect("registered until dropped")
@@ -195,11 +202,12 @@ impl Sender {
         }
         let q = &self.p.q;
         let s = q.shared();
-        let r = wait::block_on(
+        let r = wait::block_on_counted(
             &q.futex,
             &s.ctl.not_full,
             q.bitmap(&s.ctl.not_full_waiters),
             self.p.idx(),
+            &self.p.blocked[1],
             || match self.alloc(len) {
                 Ok(Some(l)) => Some(Ok(l)),
                 Err(e) => Some(Err(SendTimeoutError::Failed(e))),
@@ -300,11 +308,12 @@ impl Sender {
         // Sleep in 100 ms slices at most: a consumer killed between freeing a slot and
         // waking us leaves no other trace (slots.rs K2).
         let mut left = remaining(q, deadline);
-        let r = wait::block_on(
+        let r = wait::block_on_counted(
             &q.futex,
             &rec.ack_seq,
             std::slice::from_ref(&rec.ack_waiting),
             0,
+            &self.p.blocked[2],
             || (!slots::has_pending(&s, stamp, me)).then_some(()),
             || left().map(|l| Some(l.unwrap_or(Duration::MAX).min(Duration::from_millis(100)))),
         );
@@ -452,22 +461,20 @@ impl Loan {
     fn publish_until(self, deadline: Option<Instant>) -> Result<(), Unsent<SendTimeoutError>> {
         let q = self.p.q.clone();
         let s = q.shared();
-        let sender = Sender { p: self.p.clone() };
-        let r = wait::block_on(
+        let r = wait::block_on_counted(
             &q.futex,
             &s.ctl.not_full,
             q.bitmap(&s.ctl.not_full_waiters),
             self.p.idx(),
+            &self.p.blocked[1],
             || match self.publish_once() {
                 Ok(true) => Some(Ok(())),
                 Err(e) => Some(Err(SendTimeoutError::Failed(e))),
-                Ok(false) if sender.disconnected() => Some(Err(SendTimeoutError::Disconnected)),
+                Ok(false) if q.peers().1 == 0 => Some(Err(SendTimeoutError::Disconnected)),
                 Ok(false) => None,
             },
             remaining(&q, deadline),
         );
-        // `sender` shares our participant: forgetting it is just dropping an Arc clone.
-        drop(sender);
         match r {
             Wait::Ready(Ok(())) => {
                 self.published();
@@ -671,11 +678,12 @@ impl Receiver {
     fn recv_until(&self, deadline: Option<Instant>) -> Result<Message, RecvTimeoutError> {
         let q = &self.p.q;
         let s = q.shared();
-        let r = wait::block_on(
+        let r = wait::block_on_counted(
             &q.futex,
             &s.ctl.not_empty,
             q.bitmap(&s.ctl.not_empty_waiters),
             self.p.idx(),
+            &self.p.blocked[0],
             || {
                 self.try_recv_inner().map_or_else(
                     |e| match e {

@@ -76,9 +76,29 @@ pub fn block_on<T, F: Futex>(
     seq: &AtomicU32,
     waiters: &[AtomicU64],
     me: u16,
+    poll: impl FnMut() -> Option<T>,
+    remaining: impl FnMut() -> Option<Option<Duration>>,
+) -> Wait<T> {
+    let alone = std::sync::atomic::AtomicU32::new(0);
+    block_on_counted(futex, seq, waiters, me, &alone, poll, remaining)
+}
+
+/// [`block_on`] for a participant that several threads of this process may block on at
+/// once (a handle and its loans on other threads). `local` counts this process's
+/// threads blocked on this participant's bit: the last one out clears the bit, and
+/// re-sets it if another thread came in meanwhile, so no sleeper is ever left without
+/// its bit (all SeqCst: a newcomer increments then sets the bit, a leaver clears then
+/// re-reads the count, so one of them sees the other).
+pub fn block_on_counted<T, F: Futex>(
+    futex: &F,
+    seq: &AtomicU32,
+    waiters: &[AtomicU64],
+    me: u16,
+    local: &std::sync::atomic::AtomicU32,
     mut poll: impl FnMut() -> Option<T>,
     mut remaining: impl FnMut() -> Option<Option<Duration>>,
 ) -> Wait<T> {
+    use std::sync::atomic::Ordering::SeqCst;
     for _ in 0..SPIN_ROUNDS {
         if let Some(v) = poll() {
             return Wait::Ready(v);
@@ -86,6 +106,7 @@ pub fn block_on<T, F: Futex>(
         spin_hint();
     }
     let (word, bit) = (&waiters[me as usize / 64], 1u64 << (me % 64));
+    local.fetch_add(1, SeqCst);
     word.fetch_or(bit, Ordering::SeqCst);
     let out = loop {
         // SYNC POINT: eventcount (pairs with the fence in `notify`).
@@ -99,7 +120,12 @@ pub fn block_on<T, F: Futex>(
             Some(left) => futex.wait(seq, s, left),
         }
     };
-    word.fetch_and(!bit, Ordering::Relaxed);
+    if local.fetch_sub(1, SeqCst) == 1 {
+        word.fetch_and(!bit, Ordering::SeqCst);
+        if local.load(SeqCst) > 0 {
+            word.fetch_or(bit, Ordering::SeqCst);
+        }
+    }
     out
 }
 
