@@ -1,0 +1,71 @@
+//! The physical limits, one thread: `memcpy` bandwidth (glibc's, through
+//! `ptr::copy_nonoverlapping`), and the two halves of the loan-API work, filling a
+//! payload in place with the pattern and reading it back (the word sum).
+
+use crate::proto::*;
+use serde::{Deserialize, Serialize};
+use std::hint::black_box;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Phys {
+    pub size: usize,
+    pub run: u32,
+    /// Nanoseconds per operation on `size` bytes.
+    pub memcpy_ns: f64,
+    pub fill_ns: f64,
+    pub sum_ns: f64,
+    pub memcpy_gbps: f64,
+}
+
+/// Times `f` over enough repetitions to last about `budget_ns` (after one warm-up call).
+fn time_per_op(budget_ns: u64, mut f: impl FnMut()) -> f64 {
+    f();
+    let t0 = now_ns();
+    let mut n = 0u64;
+    loop {
+        f();
+        n += 1;
+        let dt = now_ns() - t0;
+        if dt >= budget_ns {
+            return dt as f64 / n as f64;
+        }
+    }
+}
+
+pub fn measure(size: usize, run: u32, budget_ns: u64) -> Phys {
+    let words = size / 8;
+    let mut src = vec![0u64; words];
+    fill(&mut src, 1);
+    let mut dst = vec![0u64; words];
+    fill(&mut dst, 2); // touch every page before timing
+    let memcpy_ns = time_per_op(budget_ns, || {
+        // SAFETY: two distinct allocations of `words` u64 each.
+        unsafe {
+            std::ptr::copy_nonoverlapping(black_box(src.as_ptr()), black_box(dst.as_mut_ptr()), words)
+        };
+        black_box(&dst);
+    });
+    // Correctness of the copy (a benchmark checks its answer).
+    assert_eq!(sum_words(&dst), expected_sum(words, 1), "memcpy produced wrong bytes");
+    let mut st = 0;
+    let fill_ns = time_per_op(budget_ns, || {
+        st += 1;
+        fill(black_box(&mut dst), st);
+        black_box(&dst);
+    });
+    let mut bad = 0;
+    let sum_ns = time_per_op(budget_ns, || {
+        if sum_words(black_box(&dst)) != expected_sum(words, st) {
+            bad += 1;
+        }
+    });
+    assert_eq!(bad, 0, "fill/sum disagree");
+    Phys {
+        size,
+        run,
+        memcpy_ns,
+        fill_ns,
+        sum_ns,
+        memcpy_gbps: size as f64 / memcpy_ns,
+    }
+}
