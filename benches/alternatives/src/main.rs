@@ -16,6 +16,7 @@
 
 mod physical;
 mod proto;
+mod solo;
 mod sys {
     pub mod fd_sys;
     pub mod iox_sys;
@@ -52,12 +53,12 @@ const MI: usize = 1024 * 1024;
 const GI: usize = 1024 * 1024 * 1024;
 
 const SIZES: &[SizeCfg] = &[
-    SizeCfg { size: 8, total: (1_000_000, 100_000), capacity: 64 },
-    SizeCfg { size: 64, total: (1_000_000, 100_000), capacity: 64 },
-    SizeCfg { size: KI, total: (400_000, 40_000), capacity: 64 },
-    SizeCfg { size: 64 * KI, total: (20_000, 2_000), capacity: 64 },
-    SizeCfg { size: MI, total: (1_000, 200), capacity: 16 },
-    SizeCfg { size: 16 * MI, total: (64, 16), capacity: 4 },
+    SizeCfg { size: 8, total: (300_000, 50_000), capacity: 64 },
+    SizeCfg { size: 64, total: (300_000, 50_000), capacity: 64 },
+    SizeCfg { size: KI, total: (200_000, 20_000), capacity: 64 },
+    SizeCfg { size: 64 * KI, total: (10_000, 2_000), capacity: 64 },
+    SizeCfg { size: MI, total: (500, 100), capacity: 16 },
+    SizeCfg { size: 16 * MI, total: (48, 16), capacity: 4 },
     SizeCfg { size: 256 * MI, total: (8, 4), capacity: 2 },
     SizeCfg { size: GI, total: (4, 4), capacity: 2 },
 ];
@@ -66,6 +67,7 @@ const SIZES: &[SizeCfg] = &[
 const SYSTEMS: &[(&str, &str, &str)] = &[
     ("shmq", "copy", "shmq copy"),
     ("shmq", "loan", "shmq loan"),
+    ("shmq", "touch", "shmq loan, payload untouched"),
     ("uds", "copy", "Unix socket"),
     ("pipe", "copy", "pipe"),
     ("ipc-channel", "copy", "ipc-channel"),
@@ -159,8 +161,15 @@ fn parse_opts(args: &[String]) -> Opts {
     o
 }
 
-fn wanted(o: &Opts, sys: &str) -> bool {
-    o.systems.is_empty() || o.systems.iter().any(|s| s == sys)
+/// `--systems` names systems (`shmq`) or one API of a system (`shmq-touch`). The
+/// `touch` API (shmq's per-message cost with the payload left alone) runs only when
+/// asked for by name.
+fn wanted(o: &Opts, sys: &str, api: &str) -> bool {
+    let full = format!("{sys}-{api}");
+    if o.systems.iter().any(|s| *s == full) {
+        return true;
+    }
+    api != "touch" && (o.systems.is_empty() || o.systems.iter().any(|s| s == sys))
 }
 
 /// Whether a system runs a case at all (and why not, for the log).
@@ -254,7 +263,17 @@ fn spawn(spec: &Spec, keep: &[RawFd], wd: &Watchdog) -> Kid {
         set_cloexec(fd, false);
     }
     let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
+    // ALTBENCH_WRAP="valgrind --tool=callgrind" runs every child under a tool (profiling).
+    let wrap = std::env::var("ALTBENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
     cmd.arg("child")
         .arg(serde_json::to_string(spec).unwrap())
         .stdin(Stdio::piped())
@@ -884,7 +903,7 @@ fn run(args: &[String]) {
             for sc in &o.sizes {
                 for &topo in &o.topos {
                     for &(sys, api, label) in SYSTEMS {
-                        if !wanted(&o, sys) {
+                        if !wanted(&o, sys, api) {
                             continue;
                         }
                         if let Err(why) = applicable(sys, sc, topo) {
@@ -917,7 +936,7 @@ fn run(args: &[String]) {
         if o.latency {
             for mode in ["spin", "sleep"] {
                 for &sys in LAT_SYSTEMS {
-                    if !wanted(&o, sys) {
+                    if !wanted(&o, sys, "lat") {
                         continue;
                     }
                     if mode == "sleep" && matches!(sys, "iceoryx2" | "crossbeam") {
@@ -947,9 +966,11 @@ fn run(args: &[String]) {
                 }
             }
         }
+        // Written after every run, so an interrupted invocation keeps its finished runs.
+        out.runs = run + 1;
+        out.duration_s = (now_ns() - t_begin) as f64 / 1e9;
+        std::fs::write(&o.out, serde_json::to_string_pretty(&out).unwrap()).expect("write results");
     }
-    out.duration_s = (now_ns() - t_begin) as f64 / 1e9;
-    std::fs::write(&o.out, serde_json::to_string_pretty(&out).unwrap()).expect("write results");
     eprintln!("wrote {} ({:.0} s, {failed} failed cases)", o.out, out.duration_s);
     if failed > 0 {
         std::process::exit(1);
@@ -961,6 +982,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("child") => child_main(&args[2]),
         Some("run") => run(&args[2..]),
+        Some("solo") => solo::main(&args[2..]),
         _ => {
             eprintln!("usage: altbench run [--quick] [--runs N] [--sizes 8,64,1K,64K,1M,16M,256M,1G] [--systems shmq,uds,pipe,ipc-channel,iceoryx2,shaq,crossbeam] [--topos 1-1,2-2,4-1] [--no-throughput] [--no-latency] [--no-phys] [--out FILE]");
             std::process::exit(2);

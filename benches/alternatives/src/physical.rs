@@ -17,14 +17,18 @@ pub struct Phys {
     pub memcpy_gbps: f64,
 }
 
-/// Times `f` over enough repetitions to last about `budget_ns` (after one warm-up call).
-fn time_per_op(budget_ns: u64, mut f: impl FnMut()) -> f64 {
+/// Times `f` over enough repetitions to last about `budget_ns` (after one warm-up call),
+/// reading the clock once per batch of `batch` calls so small sizes time the work, not
+/// the clock.
+fn time_per_op(budget_ns: u64, batch: u64, mut f: impl FnMut()) -> f64 {
     f();
     let t0 = now_ns();
     let mut n = 0u64;
     loop {
-        f();
-        n += 1;
+        for _ in 0..batch {
+            f();
+        }
+        n += batch;
         let dt = now_ns() - t0;
         if dt >= budget_ns {
             return dt as f64 / n as f64;
@@ -38,7 +42,8 @@ pub fn measure(size: usize, run: u32, budget_ns: u64) -> Phys {
     fill(&mut src, 1);
     let mut dst = vec![0u64; words];
     fill(&mut dst, 2); // touch every page before timing
-    let memcpy_ns = time_per_op(budget_ns, || {
+    let batch = (1 << 20) / size.max(1) as u64 + 1;
+    let memcpy_ns = time_per_op(budget_ns, batch, || {
         // SAFETY: two distinct allocations of `words` u64 each.
         unsafe {
             std::ptr::copy_nonoverlapping(black_box(src.as_ptr()), black_box(dst.as_mut_ptr()), words)
@@ -48,13 +53,13 @@ pub fn measure(size: usize, run: u32, budget_ns: u64) -> Phys {
     // Correctness of the copy (a benchmark checks its answer).
     assert_eq!(sum_words(&dst), expected_sum(words, 1), "memcpy produced wrong bytes");
     let mut st = 0;
-    let fill_ns = time_per_op(budget_ns, || {
+    let fill_ns = time_per_op(budget_ns, batch, || {
         st += 1;
         fill(black_box(&mut dst), st);
         black_box(&dst);
     });
     let mut bad = 0;
-    let sum_ns = time_per_op(budget_ns, || {
+    let sum_ns = time_per_op(budget_ns, batch, || {
         if sum_words(black_box(&dst)) != expected_sum(words, st) {
             bad += 1;
         }

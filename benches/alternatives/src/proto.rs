@@ -178,6 +178,36 @@ impl Verifier {
         with_words(b, |w| self.words(w))
     }
 
+    /// For payloads whose middle is deliberately left alone (the `touch` API): checks the
+    /// length, word 0 (the stamp) and the last word (`stamp ^ K`), then counts as `words`.
+    pub fn ends_only(&mut self, w: &[u64]) -> Got {
+        if w.len() * 8 != self.size || w.is_empty() {
+            self.seen.bad_len += 1;
+            return Got::Data;
+        }
+        let st = w[0];
+        let want_last = if w.len() == 1 { st } else { st ^ K };
+        if w[w.len() - 1] != want_last {
+            self.seen.bad_sum += 1;
+        }
+        let p = (st >> 48) as usize;
+        let seq = st & ((1 << 48) - 1);
+        let Some(last) = self.last.get_mut(p) else {
+            self.seen.bad_stamp += 1;
+            return Got::Data;
+        };
+        if last.is_none() {
+            self.seen.full_compared += 1; // both ends compared: all there is to compare
+        }
+        if matches!(*last, Some(l) if seq <= l) {
+            self.seen.bad_order += 1;
+        }
+        *last = Some(seq);
+        self.seen.count[p] += 1;
+        self.seen.seq_sum[p] = self.seen.seq_sum[p].wrapping_add(seq);
+        Got::Data
+    }
+
     #[inline]
     pub fn words(&mut self, w: &[u64]) -> Got {
         if w.len() * 8 != self.size || w.is_empty() {
