@@ -6,7 +6,7 @@
 //!   dropping its handles and reaping its children: the library must have removed
 //!   everything itself.
 //! * Child processes re-execute the current test binary on one test
-//!   (`--exact <test> --nocapture --test-threads 1`) with `SHMQ_TEST_CHILD=<role>` and
+//!   (`--exact <test> --include-ignored --nocapture --test-threads 1`) with `SHMQ_TEST_CHILD=<role>` and
 //!   parameters in `SHMQ_TEST_P_<KEY>` variables. A test function starts with
 //!   [`as_child`], which runs the role and exits when the variable is set. [`Child`]
 //!   SIGKILLs and reaps its process on drop; children also get `PR_SET_PDEATHSIG` and their
@@ -34,6 +34,9 @@ pub const CHILD_ENV: &str = "SHMQ_TEST_CHILD";
 const PARAM_PREFIX: &str = "SHMQ_TEST_P_";
 /// A child's own deadline, in seconds.
 const CHILD_DEADLINE_ENV: &str = "SHMQ_TEST_CHILD_DEADLINE";
+/// Exit status of a child whose role ran to the end. Not 0: a child that exits 0 did not
+/// run its role at all (the harness found no test of that name, or skipped it).
+pub const CHILD_OK: i32 = 42;
 /// Default deadline of a child process.
 pub const CHILD_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -211,7 +214,7 @@ fn kill_all_children() {
 // Child processes
 
 /// When this process is a child (`SHMQ_TEST_CHILD` set), runs `role` with the role's name
-/// under the child's own watchdog, then exits with status 0 (after `role` dropped its
+/// under the child's own watchdog, then exits with status [`CHILD_OK`] (after `role` dropped its
 /// handles). A panic in `role` makes the test harness exit non-zero. Returns at once in
 /// the parent.
 pub fn as_child(role: impl FnOnce(&str)) {
@@ -226,7 +229,7 @@ pub fn as_child(role: impl FnOnce(&str)) {
     let wd = Watchdog::new(&format!("child role {r:?}"), limit);
     role(&r);
     drop(wd);
-    std::process::exit(0);
+    std::process::exit(CHILD_OK);
 }
 
 /// A parameter the parent passed to this child.
@@ -258,11 +261,20 @@ impl Child {
     pub fn spawn(test: &str, role: &str, params: &[(&str, &dyn std::fmt::Display)]) -> Child {
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(exe);
-        cmd.args([test, "--exact", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, role)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        // `--include-ignored`: an `#[ignore]`d test's children must run too (without it
+        // the harness skips the test and the child exits 0 having done nothing).
+        cmd.args([
+            test,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
         for (k, v) in params {
             cmd.env(format!("{PARAM_PREFIX}{k}"), v.to_string());
         }
@@ -309,13 +321,19 @@ impl Child {
         status
     }
 
-    /// Waits for the child and asserts that it exited with status 0.
+    /// Waits for the child and asserts that it ran its role to the end (exit status
+    /// [`CHILD_OK`]).
     #[track_caller]
     pub fn wait_ok(&mut self) {
         let label = self.label.clone();
         let status = self.wait();
         assert!(
-            status.success(),
+            status.code() != Some(0),
+            "{label} exited 0 without running its role (wrong test name, or skipped?)"
+        );
+        assert_eq!(
+            status.code(),
+            Some(CHILD_OK),
             "{label} failed: {status:?} (signal {:?})",
             status.signal()
         );

@@ -1,0 +1,277 @@
+//! Payload sizes: 0 B, 1 B, around the 192-byte inline limit, 4 KiB, 1 MiB, 64 MiB, 1 GiB
+//! (in one process and across processes) and, ignored by default, over 4 GiB; plus loans
+//! written in place. Contents are verified: small and medium payloads byte for byte,
+//! large ones by three stamped u64s per 4 KiB page and fully patterned 64 KiB ends.
+
+mod common;
+
+use common::{
+    as_child, check, check_stamps, fill, param, param_as, stamp, Child, ShmGuard, Watchdog,
+};
+use std::time::Duration;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+/// The inline limit: payloads up to this size live in the slot record.
+const INLINE: usize = 192;
+/// Sizes verified byte for byte.
+const SIZES: &[usize] = &[
+    0,
+    1,
+    2,
+    63,
+    64,
+    65,
+    INLINE - 1,
+    INLINE,
+    INLINE + 1,
+    4 * KIB,
+    4 * KIB + 1,
+    MIB,
+    64 * MIB,
+];
+
+fn seed_of(i: usize, len: usize) -> u64 {
+    0x5eed_0000 ^ ((i as u64) << 40) ^ len as u64
+}
+
+#[track_caller]
+fn assert_aligned(p: *const u8, what: &str) {
+    assert_eq!(
+        p as usize % 64,
+        0,
+        "{what}: payload start {p:p} is not 64-byte aligned"
+    );
+}
+
+fn child_role(role: &str) {
+    match role {
+        // Receives each of SIZES on DOWN, checks it, and sends it back (from a loan, with
+        // another pattern) on UP.
+        "echo" => {
+            let rx = shmq::Receiver::open(&param("DOWN")).expect("open down");
+            let tx = shmq::Sender::open(&param("UP")).expect("open up");
+            for (i, &len) in SIZES.iter().enumerate() {
+                let m = rx.recv().expect("child recv");
+                assert_eq!(m.len(), len, "size #{i}: length");
+                if len > 0 {
+                    assert_aligned(m.as_ptr(), "child's received message");
+                }
+                if let Err(e) = check(&m, seed_of(i, len)) {
+                    panic!("size {len} parent -> child: {e}");
+                }
+                drop(m);
+                let mut loan = tx.loan(len).expect("child loan");
+                assert_eq!(loan.len(), len);
+                fill(&mut loan, !seed_of(i, len));
+                loan.send().expect("child send");
+            }
+        }
+        // Receives one large stamped message and checks it.
+        "big" => {
+            let size: usize = param_as("SIZE");
+            let rx = shmq::Receiver::open(&param("NAME")).expect("open");
+            let m = rx.recv().expect("child recv");
+            assert_eq!(m.len(), size, "length of the large message");
+            assert_aligned(m.as_ptr(), "large message");
+            if let Err(e) = check_stamps(&m, size as u64) {
+                panic!("{size}-byte message parent -> child: {e}");
+            }
+        }
+        r => panic!("unknown role {r}"),
+    }
+}
+
+#[test]
+fn small_and_medium_sizes_round_trip_intact() {
+    let _wd = Watchdog::new(
+        "small_and_medium_sizes_round_trip_intact",
+        Duration::from_secs(60),
+    );
+    let g = ShmGuard::new("sizes");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(4)
+        .create()
+        .unwrap();
+    for (i, &len) in SIZES.iter().enumerate() {
+        let mut buf = vec![0u8; len];
+        fill(&mut buf, seed_of(i, len));
+        tx.send(&buf)
+            .unwrap_or_else(|e| panic!("send {len} bytes: {e}"));
+        drop(buf);
+        let m = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(m.len(), len);
+        assert_eq!((*m).len(), len);
+        assert!(!m.is_redelivery());
+        if len > 0 {
+            assert_aligned(m.as_ptr(), "received message");
+        }
+        if let Err(e) = check(&m, seed_of(i, len)) {
+            panic!("size {len}: {e}");
+        }
+    }
+    assert!(matches!(rx.try_recv(), Err(shmq::TryRecvError::Empty)));
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+#[test]
+fn every_size_round_trips_across_processes_both_ways() {
+    const TEST: &str = "every_size_round_trips_across_processes_both_ways";
+    as_child(child_role);
+    let _wd = Watchdog::new(TEST, Duration::from_secs(60));
+    let down = ShmGuard::new("down");
+    let up = ShmGuard::new("up");
+    let (tx, rx_d) = shmq::Builder::new()
+        .name(down.name())
+        .capacity(2)
+        .create()
+        .unwrap();
+    let (tx_u, rx) = shmq::Builder::new()
+        .name(up.name())
+        .capacity(2)
+        .create()
+        .unwrap();
+    let mut child = Child::spawn(TEST, "echo", &[("DOWN", &down.name()), ("UP", &up.name())]);
+    for (i, &len) in SIZES.iter().enumerate() {
+        let mut buf = vec![0u8; len];
+        fill(&mut buf, seed_of(i, len));
+        tx.send(&buf).unwrap();
+        drop(buf);
+        let m = rx.recv().unwrap();
+        assert_eq!(m.len(), len);
+        if len > 0 {
+            assert_aligned(m.as_ptr(), "echoed message");
+        }
+        if let Err(e) = check(&m, !seed_of(i, len)) {
+            panic!("size {len} child -> parent: {e}");
+        }
+    }
+    child.wait_ok();
+    drop((tx, rx_d, tx_u, rx));
+    down.assert_clean();
+    up.assert_clean();
+}
+
+#[test]
+fn loan_is_aligned_written_in_place_and_arrives_intact() {
+    let _wd = Watchdog::new(
+        "loan_is_aligned_written_in_place_and_arrives_intact",
+        Duration::from_secs(60),
+    );
+    let g = ShmGuard::new("loan");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(4)
+        .create()
+        .unwrap();
+    for (i, &len) in [0, 1, INLINE - 1, INLINE, INLINE + 1, 4 * KIB, MIB, 16 * MIB]
+        .iter()
+        .enumerate()
+    {
+        let mut loan = tx.loan(len).unwrap();
+        assert_eq!(loan.len(), len);
+        if len > 0 {
+            assert_aligned(loan.as_ptr(), "loan");
+        }
+        fill(&mut loan, seed_of(i, len));
+        loan.send().unwrap();
+        let m = rx.recv().unwrap();
+        assert_eq!(m.len(), len);
+        if len > 0 {
+            assert_aligned(m.as_ptr(), "message sent from a loan");
+        }
+        if let Err(e) = check(&m, seed_of(i, len)) {
+            panic!("loan of {len}: {e}");
+        }
+    }
+    // A truncated loan sends only its first bytes.
+    let mut loan = tx.try_loan(4000).unwrap();
+    fill(&mut loan, 77);
+    loan.truncate(1000);
+    assert_eq!(loan.len(), 1000);
+    loan.send().unwrap();
+    let m = rx.recv().unwrap();
+    assert_eq!(m.len(), 1000);
+    let mut want = vec![0u8; 4000];
+    fill(&mut want, 77);
+    assert!(*m == want[..1000], "truncated loan arrived changed");
+    drop(m);
+    // A loan dropped unsent sends nothing.
+    let mut loan = tx.loan(300).unwrap();
+    loan.fill(1);
+    drop(loan);
+    assert!(matches!(rx.try_recv(), Err(shmq::TryRecvError::Empty)));
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+#[test]
+fn one_gib_message_round_trips_in_one_process() {
+    let _wd = Watchdog::new(
+        "one_gib_message_round_trips_in_one_process",
+        Duration::from_secs(120),
+    );
+    let g = ShmGuard::new("gib");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(2)
+        .create()
+        .unwrap();
+    assert!(tx.max_message_size() >= GIB as u64, "default max is 1 GiB");
+    let mut buf = vec![0u8; GIB];
+    stamp(&mut buf, GIB as u64);
+    tx.send(&buf).unwrap();
+    drop(buf);
+    let m = rx.recv().unwrap();
+    assert_eq!(m.len(), GIB);
+    assert_aligned(m.as_ptr(), "1 GiB message");
+    if let Err(e) = check_stamps(&m, GIB as u64) {
+        panic!("1 GiB in one process: {e}");
+    }
+    drop(m);
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+/// Sends one `size`-byte loan, stamped, to a child process that checks it.
+fn big_across_processes(test: &str, size: usize, max: u64) {
+    let _wd = Watchdog::new(test, Duration::from_secs(300));
+    let g = ShmGuard::new("big");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(2)
+        .max_message_size(max)
+        .max_payload_bytes(4 * max)
+        .create()
+        .unwrap();
+    let mut child = Child::spawn(test, "big", &[("NAME", &g.name()), ("SIZE", &size)]);
+    let mut loan = tx.loan(size).unwrap();
+    assert_eq!(loan.len(), size);
+    assert_aligned(loan.as_ptr(), "large loan");
+    stamp(&mut loan, size as u64);
+    loan.send().unwrap();
+    child.wait_ok();
+    tx.wait_for_acks(Some(Duration::from_secs(30)))
+        .expect("the child acked the message before it exited");
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+#[test]
+fn one_gib_message_round_trips_across_processes() {
+    const TEST: &str = "one_gib_message_round_trips_across_processes";
+    as_child(child_role);
+    big_across_processes(TEST, GIB, GIB as u64);
+}
+
+#[test]
+#[ignore = "needs about 8 GiB of /dev/shm and a minute"]
+fn message_over_4_gib_round_trips_across_processes() {
+    const TEST: &str = "message_over_4_gib_round_trips_across_processes";
+    as_child(child_role);
+    let size = (4 * GIB) + 4 * KIB;
+    big_across_processes(TEST, size, (4 * GIB + 64 * KIB) as u64);
+}
