@@ -2,7 +2,7 @@
 """Turns altbench JSON results into the tables of BENCHMARKS.md and the plots in docs/bench/.
 
     python3 scripts/bench/report.py RESULTS.json [MORE.json ...] [--merge BIG.json]
-                                    [--touch TOUCH.json] [--no-write]
+                                    [--touch TOUCH.json] [--memory MEM.json] [--no-write]
 
 Only the first file's numbers go into the tables and plots (ratios come from one run, as
 the methodology asks); every further file is another invocation of the same command,
@@ -282,7 +282,9 @@ def latency_table(R):
 
 
 def memory_table(R):
-    out = ["| size | system | /dev/shm | producer VmRSS growth | consumer VmRSS growth | "
+    if getattr(R, "memory", None):
+        R = R.memory
+    out = [f"From `{R.d['command']}`.", "","| size | system | /dev/shm | producer VmRSS growth | consumer VmRSS growth | "
            "consumer RssShmem |", "|---|---|---|---|---|---|"]
 
     def mb(x):
@@ -532,6 +534,11 @@ def main(argv):
         i = argv.index("--merge")
         merge.append(json.load(open(argv[i + 1])))
         argv = argv[:i] + argv[i + 2:]
+    memory = None
+    if "--memory" in argv:
+        i = argv.index("--memory")
+        memory = json.load(open(argv[i + 1]))
+        argv = argv[:i] + argv[i + 2:]
     touch = None
     if "--touch" in argv:
         i = argv.index("--touch")
@@ -559,6 +566,7 @@ def main(argv):
             + ", ".join(size_label(s) for s in sorted({r['size'] for r in m['throughput']} - have)))
     R = Results(ds[0])
     R.touch = Results(touch) if touch else None
+    R.memory = Results(memory) if memory else None
     text = generate(R, ds[1:])
     plots(R)
     if not write:
