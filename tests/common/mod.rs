@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -172,7 +173,10 @@ impl Watchdog {
             .name(format!("watchdog {what}"))
             .spawn(move || {
                 if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                    eprintln!(
+                    // Straight to fd 2: `eprintln!` would go to the test harness's
+                    // capture buffer (inherited by spawned threads), lost on abort.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "\nWATCHDOG: {what} still running after {limit:?} (hung?): \
                          killing children, cleaning /dev/shm, aborting"
                     );
