@@ -31,15 +31,26 @@ use std::time::Duration;
 pub const PREEMPTION_BOUND: usize = 2;
 
 /// Runs `f` under loom with the suite's preemption bound (the environment variable is
-/// not needed, and is overridden if set).
-pub fn model<F>(f: F)
+/// not needed, and is overridden if set). Returns how many executions loom explored (also
+/// printed, which `cargo test -- --nocapture` shows).
+pub fn model<F>(f: F) -> usize
 where
     F: Fn() + Sync + Send + 'static,
 {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
     install_panic_hook();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(PREEMPTION_BOUND);
-    b.check(f);
+    b.check(move || {
+        r.fetch_add(1, SeqCst);
+        f()
+    });
+    let n = runs.load(SeqCst);
+    eprintln!("loom explored {n} executions");
+    n
 }
 
 std::thread_local! {
@@ -59,7 +70,9 @@ where
     install_panic_hook();
     EXPECTING_FAILURE.with(|e| e.set(true));
     FAILURE.with(|m| m.borrow_mut().take());
-    let r = catch_unwind(AssertUnwindSafe(|| model(f)));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        model(f);
+    }));
     EXPECTING_FAILURE.with(|e| e.set(false));
     let msg = FAILURE.with(|m| m.borrow_mut().take());
     match r {
@@ -283,7 +296,8 @@ where
     use std::sync::Arc;
     let out = Arc::new(AtomicU64::new(0));
     let o = out.clone();
-    model(move || o.store(f(), SeqCst));
+    let runs = model(move || o.store(f(), SeqCst));
+    assert_eq!(runs, 1, "a solo run must be a single execution");
     out.load(SeqCst)
 }
 
