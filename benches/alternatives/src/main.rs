@@ -474,13 +474,20 @@ fn throughput_case(sys: &str, api: &str, label: &str, sc: &SizeCfg, topo: (u32, 
         capacity: sc.capacity,
         ..Spec::default()
     };
-    let (shm0, _) = dev_shm_usage();
+    // Only this case's objects: other processes on the machine use /dev/shm too.
+    let prefixes: Vec<String> = match sys {
+        "iceoryx2" => vec!["iox2_".into()],
+        "shmq" => vec![format!("shmq.altb{}x", std::process::id())],
+        "shaq" => vec![format!("altb{}x", std::process::id())],
+        _ => vec![],
+    };
+    let (shm0, _) = dev_shm_usage(&prefixes);
     let mut shm_end = shm0;
     let mut errors = vec![];
     let reports: Vec<Report> = if sys == "crossbeam" {
         sys::xbeam_sys::throughput(&base)
     } else {
-        match run_children(&base, &mut shm_end) {
+        match run_children(&base, &prefixes, &mut shm_end) {
             Ok(r) => r,
             Err(e) => {
                 errors.push(e);
@@ -522,7 +529,7 @@ fn throughput_case(sys: &str, api: &str, label: &str, sc: &SizeCfg, topo: (u32, 
 }
 
 /// Sets up the transport, runs consumers and producers as processes, collects reports.
-fn run_children(base: &Spec, shm_end: &mut u64) -> Result<Vec<Report>, String> {
+fn run_children(base: &Spec, prefixes: &[String], shm_end: &mut u64) -> Result<Vec<Report>, String> {
     let (p, c) = (base.producers, base.consumers);
     let sys = base.sys.as_str();
     let limit = Duration::from_secs(if base.size >= 256 * MI { 300 } else { 180 });
@@ -640,7 +647,7 @@ fn run_children(base: &Spec, shm_end: &mut u64) -> Result<Vec<Report>, String> {
     for k in kids_c.iter_mut() {
         reports.push(k.result()?);
     }
-    *shm_end = dev_shm_usage().0;
+    *shm_end = dev_shm_usage(prefixes).0;
     for k in kids_c {
         k.finish();
     }

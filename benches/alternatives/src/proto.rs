@@ -363,6 +363,16 @@ impl Ctl {
     }
 }
 
+thread_local! {
+    static KEEP: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> = Default::default();
+}
+
+/// Keeps a transport handle alive until the child exits (after `EXIT`), so the
+/// orchestrator measures memory with the queue still open.
+pub fn keep<T: 'static>(x: T) {
+    KEEP.with(|k| k.borrow_mut().push(Box::new(x)));
+}
+
 /// (VmRSS, RssShmem) of this process in bytes, from /proc/self/status.
 pub fn rss() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -377,14 +387,18 @@ pub fn rss() -> (u64, u64) {
     (get("VmRSS:"), get("RssShmem:"))
 }
 
-/// Bytes allocated under /dev/shm (st_blocks, so sparse files count what they use), and
-/// the number of objects.
-pub fn dev_shm_usage() -> (u64, u64) {
+/// Bytes allocated under /dev/shm (st_blocks, so sparse files count what they use) by
+/// objects whose names start with one of `prefixes`, and their number.
+pub fn dev_shm_usage(prefixes: &[String]) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let mut bytes = 0;
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir("/dev/shm") {
         for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                continue;
+            }
             if let Ok(m) = e.metadata() {
                 if m.is_file() {
                     bytes += m.blocks() * 512;

@@ -106,6 +106,7 @@ pub fn producer(spec: &Spec, ctl: &mut Ctl) -> Report {
         })
     };
     send_in_place(&p, words, end_stamp(spec.idx));
+    keep((p, svc, node));
     r
 }
 
@@ -144,7 +145,9 @@ pub fn consumer(spec: &Spec, ctl: &mut Ctl) -> Report {
             }
         }
     }
-    consumer_report(spec, v, rss_start, t_start, t_last)
+    let r = consumer_report(spec, v, rss_start, t_start, t_last);
+    keep((sub, svc, node));
+    r
 }
 
 struct IoxDuplex {

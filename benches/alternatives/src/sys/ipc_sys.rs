@@ -24,8 +24,10 @@ fn receive_ends(ctl: &mut Ctl) -> Ends {
 pub fn producer(spec: &Spec, ctl: &mut Ctl) -> Report {
     let tx = receive_ends(ctl).tx.expect("sender");
     let mut src = Source::new(spec.size);
-    run_producer(spec, ctl, |st| tx.send(src.stamped(st)).expect("send"))
-    // `tx` drops here, after the report; with every sender gone the receiver disconnects.
+    let r = run_producer(spec, ctl, |st| tx.send(src.stamped(st)).expect("send"));
+    // Dropped at exit; with every sender gone the receiver disconnects.
+    keep(tx);
+    r
 }
 
 pub fn consumer(spec: &Spec, ctl: &mut Ctl) -> Report {
@@ -55,7 +57,9 @@ pub fn consumer(spec: &Spec, ctl: &mut Ctl) -> Report {
     if fresh {
         t_last = now_ns();
     }
-    consumer_report(spec, v, rss_start, t_start, t_last)
+    let r = consumer_report(spec, v, rss_start, t_start, t_last);
+    keep(rx);
+    r
 }
 
 struct IpcDuplex {

@@ -91,12 +91,14 @@ pub fn end_markers<const W: usize>(p: &Producer<Item<W>>, n: u32) {
 fn producer_w<const W: usize>(spec: &Spec, ctl: &mut Ctl) -> Report {
     // SAFETY: every process joins with the same `Item<W>` for this file.
     let p = unsafe { Producer::<Item<W>>::join(&open(&spec.names[0])) }.expect("join");
-    if spec.mode == "loan" {
+    let r = if spec.mode == "loan" {
         run_producer(spec, ctl, |st| write_one(&p, st, None))
     } else {
         let mut src = Source::new(spec.size);
         run_producer(spec, ctl, |st| write_one(&p, st, Some(&mut src)))
-    }
+    };
+    keep(p);
+    r
 }
 
 fn consumer_w<const W: usize>(spec: &Spec, ctl: &mut Ctl) -> Report {
@@ -132,7 +134,9 @@ fn consumer_w<const W: usize>(spec: &Spec, ctl: &mut Ctl) -> Report {
     if fresh {
         t_last = now_ns();
     }
-    consumer_report(spec, v, rss_start, t_start, t_last)
+    let r = consumer_report(spec, v, rss_start, t_start, t_last);
+    keep(c);
+    r
 }
 
 struct ShaqDuplex<const W: usize> {

@@ -22,7 +22,7 @@ pub fn builder(size: usize, capacity: usize, producers: u32, consumers: u32) -> 
 pub fn producer(spec: &Spec, ctl: &mut Ctl) -> Report {
     let tx = Sender::open(&spec.names[0]).expect("open sender");
     let size = spec.size;
-    if spec.mode == "touch" {
+    let r = if spec.mode == "touch" {
         // The loan API's own per-message cost: only the first and last words are written.
         let last = size / 8 - 1;
         run_producer(spec, ctl, |st| {
@@ -43,7 +43,9 @@ pub fn producer(spec: &Spec, ctl: &mut Ctl) -> Report {
     } else {
         let mut src = Source::new(size);
         run_producer(spec, ctl, |st| tx.send(src.stamped(st)).expect("send"))
-    }
+    };
+    keep(tx);
+    r
 }
 
 pub fn consumer(spec: &Spec, ctl: &mut Ctl) -> Report {
@@ -79,7 +81,9 @@ pub fn consumer(spec: &Spec, ctl: &mut Ctl) -> Report {
     if fresh {
         t_last = now_ns();
     }
-    consumer_report(spec, v, rss_start, t_start, t_last)
+    let r = consumer_report(spec, v, rss_start, t_start, t_last);
+    keep(rx);
+    r
 }
 
 struct Duplex2 {
