@@ -158,7 +158,8 @@ impl Sender {
         let me = self.p.idx();
         let fits =
             |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
-        let Some((slot, word)) = slots::alloc(&s, me, q.next_cursor(), fits) else {
+        let start = s.ctl.counters.free_hint.load(Relaxed) as usize;
+        let Some((slot, word)) = slots::alloc(&s, me, start, fits) else {
             return Ok(None);
         };
         crate::fault::point("send.alloc");
@@ -846,10 +847,16 @@ impl Drop for Message {
         if !slots::free(&s, self.slot, self.word) {
             return; // recovered from under us: someone judged this process dead
         }
+        s.ctl.counters.free_hint.store(self.slot as u64, Relaxed);
         crate::fault::point("ack.freed");
+        // One fence for both notifications (SYNC POINT: eventcount).
+        crate::sync::fence(crate::sync::Ordering::SeqCst);
         if let Some(sr) = s.parts.get(sender_idx(stamp) as usize) {
-            wait::notify(&q.futex, &sr.ack_seq, std::slice::from_ref(&sr.ack_waiting));
+            // Every thread waiting for this sender's acks re-checks: wake them all.
+            if sr.ack_waiting.load(crate::sync::Ordering::Relaxed) != 0 {
+                wait::bump(&q.futex, &sr.ack_seq);
+            }
         }
-        wait::notify(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+        wait::notify_fenced(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
     }
 }

@@ -483,14 +483,27 @@ impl Queue {
         };
         self.leave(mon);
         self.segs.clear();
-        let last = os::try_lock(
-            &self.probe,
-            os::LIFECYCLE_BYTE,
+        // Upgrade our shared lifecycle lock to exclusive: that succeeds only if no other
+        // process is attached. If it fails, drop our lock altogether and try once more:
+        // when several processes leave at once, each first fails to upgrade (the others
+        // still hold theirs), but whoever releases last then gets the exclusive lock, so
+        // the last one out always unlinks. A newcomer that attached meanwhile holds a
+        // shared lock and makes both attempts fail, as it should.
+        let (wr, un) = (
             libc::F_WRLCK as libc::c_short,
+            libc::F_UNLCK as libc::c_short,
         );
-        if let Ok(true) = last {
+        let last = match os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr) {
+            Ok(true) => true,
+            _ => {
+                let _ = os::try_lock(&self.probe, os::LIFECYCLE_BYTE, un);
+                matches!(os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr), Ok(true))
+            }
+        };
+        if last {
             destroy_objects(&self.name, self.ino);
         }
+        let _ = os::try_lock(&self.probe, os::LIFECYCLE_BYTE, un);
     }
 }
 

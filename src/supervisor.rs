@@ -12,7 +12,7 @@
 //! across namespaces the lock alone decides, never a doubtful pid).
 //!
 //! **Notification**: the watcher holds a `pidfd` per peer process in an epoll set, so it
-//! wakes as soon as a peer exits; it also rescans every 100 ms (new participants, other
+//! wakes as soon as a peer exits; it also rescans every 250 ms (new participants, other
 //! pid namespaces, kernels without pidfd).
 //!
 //! **Recovery** runs under the queue's lease (`roster.rs`): one runner at a time, taken
@@ -103,7 +103,13 @@ pub(crate) fn watch() {
     });
 }
 
-/// The watcher: pidfds of peer processes in an epoll set, plus a 100 ms rescan.
+/// How often the watcher rescans every record without being woken by a pidfd: it finds
+/// new peers to watch, peers in other pid namespaces, and deaths on kernels without
+/// pidfd. Not shorter: each wake-up takes a core from a spinning process for a moment,
+/// which on a small machine shows in the latency tail.
+const RESCAN: Duration = Duration::from_millis(250);
+
+/// The watcher: pidfds of peer processes in an epoll set, plus a rescan every [`RESCAN`].
 fn watch_loop(mut queues: impl FnMut() -> Vec<Arc<Queue>>, stop: &AtomicBool) {
     let ep = Epoll::new();
     // pid -> (start time, pidfd)
@@ -143,7 +149,7 @@ fn watch_loop(mut queues: impl FnMut() -> Vec<Arc<Queue>>, stop: &AtomicBool) {
         }
         drop(qs);
         let fired = match &ep {
-            Some(ep) => ep.wait(Duration::from_millis(100)),
+            Some(ep) => ep.wait(RESCAN),
             None => {
                 std::thread::sleep(Duration::from_millis(20));
                 Vec::new()

@@ -48,4 +48,16 @@ impl Futex for OsFutex {
             );
         }
     }
+
+    fn wake_one(&self, word: &AtomicU32) {
+        // SAFETY: as in `wake_all`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),    // uaddr
+                libc::FUTEX_WAKE, // op: shared
+                1,                // val: one sleeper
+            );
+        }
+    }
 }

@@ -52,6 +52,11 @@ pub trait Futex {
     fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
     /// Wakes every sleeper on `word`.
     fn wake_all(&self, word: &AtomicU32);
+    /// Wakes at least one sleeper on `word` (waking them all is a correct, slower
+    /// implementation).
+    fn wake_one(&self, word: &AtomicU32) {
+        self.wake_all(word)
+    }
 }
 
 /// Spins before sleeping: enough to catch a peer that is mid-operation on another core,
@@ -129,14 +134,25 @@ pub fn block_on_counted<T, F: Futex>(
     out
 }
 
-/// Wakes the waiters of `seq` if any bit in `waiters` is set. Call after the state change
-/// the waiters poll for.
+/// Wakes a waiter of `seq` if any bit in `waiters` is set. Call after the state change
+/// the waiters poll for, once per unit made available (a message, a free cell or slot).
+///
+/// One wake per unit is enough: a woken waiter always polls before it can give up (it
+/// only leaves `block_on` when `poll` succeeds or, after polling, when its time is up),
+/// so the unit is either taken by the woken waiter or by someone already awake. Peers
+/// leaving and recovery use [`bump`], which wakes everyone.
 pub fn notify<F: Futex>(futex: &F, seq: &AtomicU32, waiters: &[AtomicU64]) {
     // SYNC POINT: eventcount (pairs with the fence in `block_on`).
     fence(Ordering::SeqCst);
+    notify_fenced(futex, seq, waiters)
+}
+
+/// [`notify`] without its fence, for a caller that notifies several words after one
+/// state change and has issued `fence(SeqCst)` itself after that change.
+pub fn notify_fenced<F: Futex>(futex: &F, seq: &AtomicU32, waiters: &[AtomicU64]) {
     if waiters.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
         seq.fetch_add(1, Ordering::Release);
-        futex.wake_all(seq);
+        futex.wake_one(seq);
     }
 }
 
