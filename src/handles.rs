@@ -158,7 +158,7 @@ impl Sender {
         let me = self.p.idx();
         let fits =
             |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
-        let start = s.ctl.counters.free_hint.load(Relaxed) as usize;
+        let start = s.ctl.free_hint.load(Relaxed) as usize;
         let Some((slot, word)) = slots::alloc(&s, me, start, fits) else {
             return Ok(None);
         };
@@ -847,7 +847,7 @@ impl Drop for Message {
         if !slots::free(&s, self.slot, self.word) {
             return; // recovered from under us: someone judged this process dead
         }
-        s.ctl.counters.free_hint.store(self.slot as u64, Relaxed);
+        s.ctl.free_hint.store(self.slot as u64, Relaxed);
         crate::fault::point("ack.freed");
         // One fence for both notifications (SYNC POINT: eventcount).
         crate::sync::fence(crate::sync::Ordering::SeqCst);

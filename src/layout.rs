@@ -111,8 +111,13 @@ pub struct Control {
     pub cells_off: u64,
     /// Offset of the slot table.
     pub slots_off: u64,
+    /// The slot freed most recently (a hint): producers try it first, so a steady stream
+    /// reuses a few warm slots (their segments mapped and faulted in everywhere) instead
+    /// of rotating through the whole table. It lives on the identity line, which nothing
+    /// reads after `open()`, so its per-ack writes disturb no other hot word.
+    pub free_hint: AtomicU64,
     /// Reserved, zero.
-    pub reserved1: [u64; 5],
+    pub reserved1: [u64; 4],
 
     // ---- hot words, each on its own line ----
     /// Hint: every position below it has been committed. Anyone may advance it.
@@ -149,12 +154,8 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Unsent loans of dead producers that were freed.
     pub discarded: AtomicU64,
-    /// The slot freed most recently (a hint): producers try it first, so a steady stream
-    /// reuses a few warm slots (their segments mapped and faulted in everywhere) instead
-    /// of rotating through the whole table.
-    pub free_hint: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [AtomicU64; 8],
+    pub reserved: [AtomicU64; 9],
 }
 
 /// One participant (a `Sender`, a `Receiver`, or a process's monitor for a queue).

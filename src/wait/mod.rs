@@ -63,6 +63,19 @@ pub trait Futex {
 /// short enough to stay cheap (a few microseconds).
 pub const SPIN_ROUNDS: u32 = 64;
 
+/// Polls with a yield in between after the spin, before sleeping: a `sched_yield` costs
+/// far less than the futex wait + wake pair a sleep implies (the waker's syscall
+/// included), and a peer that is mid-stream usually delivers within these few
+/// microseconds.
+pub const YIELD_ROUNDS: u32 = 32;
+
+fn yield_hint() {
+    #[cfg(not(shmq_loom))]
+    std::thread::yield_now();
+    #[cfg(shmq_loom)]
+    spin_hint();
+}
+
 /// The outcome of [`block_on`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wait<T> {
@@ -104,11 +117,15 @@ pub fn block_on_counted<T, F: Futex>(
     mut remaining: impl FnMut() -> Option<Option<Duration>>,
 ) -> Wait<T> {
     use std::sync::atomic::Ordering::SeqCst;
-    for _ in 0..SPIN_ROUNDS {
+    for i in 0..SPIN_ROUNDS + YIELD_ROUNDS {
         if let Some(v) = poll() {
             return Wait::Ready(v);
         }
-        spin_hint();
+        if i < SPIN_ROUNDS {
+            spin_hint();
+        } else {
+            yield_hint();
+        }
     }
     let (word, bit) = (&waiters[me as usize / 64], 1u64 << (me % 64));
     local.fetch_add(1, SeqCst);
