@@ -63,54 +63,6 @@ fn child(role: &str) -> ! {
     }
 }
 
-/// Opens a receiver, emits `ready`, receives `SHMQ_T_HOLD` messages and keeps them
-/// (emitting `holding <id> <seq> ...`), then sleeps until killed.
-fn holder_child() -> ! {
-    let rx = Builder::new()
-        .name(queue_name())
-        .supervision(supervision())
-        .open_receiver()
-        .unwrap();
-    emit("ready");
-    let mut held = Vec::new();
-    let mut what = String::new();
-    for _ in 0..param_u64("SHMQ_T_HOLD") {
-        let m = rx.recv().unwrap();
-        let (id, seq) = check(&m).unwrap();
-        what += &format!("{id} {seq} ");
-        held.push(m);
-    }
-    emit(&format!("holding {}", what.trim_end()));
-    sleep_forever()
-}
-
-/// Opens a sender, sends `SHMQ_T_SENDS` messages of producer `SHMQ_T_ID` (reporting each
-/// `Ok` to `SHMQ_T_LOG`), takes `SHMQ_T_LOANS` loans filled with the next seqs and keeps
-/// them unsent, emits `loaned`, then sleeps until killed.
-fn loaner_child() -> ! {
-    let tx = Builder::new()
-        .name(queue_name())
-        .supervision(supervision())
-        .open_sender()
-        .unwrap();
-    let id = param_u64("SHMQ_T_ID");
-    let sends = param_u64("SHMQ_T_SENDS");
-    let mut log = Report::open(std::path::Path::new(&param("SHMQ_T_LOG")));
-    for seq in 0..sends {
-        tx.send(&payload(id, seq, mixed_size(id, seq))).unwrap();
-        log.line(&format!("{seq}\n"));
-    }
-    let mut loans = Vec::new();
-    for k in 0..param_u64("SHMQ_T_LOANS") {
-        let seq = sends + k;
-        let mut l = tx.loan(mixed_size(id, seq)).unwrap();
-        fill_payload(&mut l[..], id, seq);
-        loans.push(l);
-    }
-    emit("loaned");
-    sleep_forever()
-}
-
 /// Runs recovery on the queue (`SHMQ_T_MODE` = `supervisor`: `Supervisor::open` +
 /// `run_once`; `open`: `Receiver::open`, which repairs before it returns), where a crash
 /// point is expected to kill it. Emits `survived` if it was not killed.
@@ -293,8 +245,16 @@ fn producer_killed(c: ProducerCase) {
     }
     let t = tally(&all);
     for (k, v) in &t {
-        assert_eq!(v.len(), 1, "message {k:?} delivered {} times: {v:?}", v.len());
-        assert!(!v[0].redelivered, "no consumer died, yet {k:?} is marked redelivered");
+        assert_eq!(
+            v.len(),
+            1,
+            "message {k:?} delivered {} times: {v:?}",
+            v.len()
+        );
+        assert!(
+            !v[0].redelivered,
+            "no consumer died, yet {k:?} is marked redelivered"
+        );
     }
     let got: BTreeSet<(u64, u64)> = t.keys().copied().collect();
     let lost: Vec<_> = expect.difference(&got).collect();
@@ -499,7 +459,9 @@ fn consumer_killed(test: &str, point: &str, skip: u64, delivery: Delivery, held:
         })
         .collect();
     drop(tx);
-    c1.expect_killed(&format!("at crash point {point} after skipping {skip} hits"));
+    c1.expect_killed(&format!(
+        "at crash point {point} after skipping {skip} hits"
+    ));
     let mut c2 = Proc::spawn_test(
         test,
         "c2",
@@ -520,14 +482,21 @@ fn consumer_killed(test: &str, point: &str, skip: u64, delivery: Delivery, held:
 
     // C1 was killed at its (skip+1)-th hit: inside its (skip+1)-th receive, or in the ack
     // of the (skip+1)-th message it had reported.
-    let c1_expected = if point.starts_with("ack.") { skip + 1 } else { skip };
+    let c1_expected = if point.starts_with("ack.") {
+        skip + 1
+    } else {
+        skip
+    };
     assert_eq!(
         c1_got.len() as u64,
         c1_expected,
         "c1 should have reported {c1_expected} messages before dying at {point}"
     );
     for id in 1..=2 {
-        let n = contiguous(&format!("p{id}"), &read_producer_log(&dir.file(&format!("p{id}"))));
+        let n = contiguous(
+            &format!("p{id}"),
+            &read_producer_log(&dir.file(&format!("p{id}"))),
+        );
         assert_eq!(n, COUNT, "producer {id} sent everything");
     }
     let ok: BTreeSet<(u64, u64)> = (1..=2u64)
@@ -549,11 +518,18 @@ fn consumer_killed(test: &str, point: &str, skip: u64, delivery: Delivery, held:
             assert!(lost.is_empty(), "Ok-sent messages never received: {lost:?}");
             match held {
                 Held::Nothing => {
-                    assert!(flagged.is_empty(), "nothing was held, yet redelivered: {flagged:?}");
+                    assert!(
+                        flagged.is_empty(),
+                        "nothing was held, yet redelivered: {flagged:?}"
+                    );
                     assert!(dups.is_empty(), "duplicates: {dups:?}");
                 }
                 Held::Unreported => {
-                    assert_eq!(flagged.len(), 1, "the one held message is redelivered once: {flagged:?}");
+                    assert_eq!(
+                        flagged.len(),
+                        1,
+                        "the one held message is redelivered once: {flagged:?}"
+                    );
                     let k = (flagged[0].id, flagged[0].seq);
                     assert_ne!(flagged[0].by, "c1");
                     assert!(
@@ -563,18 +539,35 @@ fn consumer_killed(test: &str, point: &str, skip: u64, delivery: Delivery, held:
                     assert!(dups.is_empty(), "duplicates: {dups:?}");
                 }
                 Held::Reported => {
-                    assert_eq!(flagged.len(), 1, "the one held message is redelivered once: {flagged:?}");
+                    assert_eq!(
+                        flagged.len(),
+                        1,
+                        "the one held message is redelivered once: {flagged:?}"
+                    );
                     let k = (flagged[0].id, flagged[0].seq);
-                    let last = c1_got.last().expect("c1 reported the message it was acking");
-                    assert_eq!((last.id, last.seq), k, "the redelivered message is the one c1 was acking");
-                    assert_eq!(dups.len(), 1, "only the held message is duplicated: {dups:?}");
+                    let last = c1_got
+                        .last()
+                        .expect("c1 reported the message it was acking");
+                    assert_eq!(
+                        (last.id, last.seq),
+                        k,
+                        "the redelivered message is the one c1 was acking"
+                    );
+                    assert_eq!(
+                        dups.len(),
+                        1,
+                        "only the held message is duplicated: {dups:?}"
+                    );
                     assert_eq!(*dups[0].0, k);
                     assert_eq!(dups[0].1.len(), 2);
                 }
             }
         }
         Delivery::AtMostOnce => {
-            assert!(flagged.is_empty(), "at-most-once never redelivers: {flagged:?}");
+            assert!(
+                flagged.is_empty(),
+                "at-most-once never redelivers: {flagged:?}"
+            );
             assert!(dups.is_empty(), "duplicates under at-most-once: {dups:?}");
             match held {
                 Held::Unreported => assert_eq!(
@@ -687,7 +680,11 @@ fn consumer_killed_while_reclaiming_an_orphan_has_it_redelivered_again() {
     p1.expect_success();
     c2.expect_success();
     let c0_got = read_consumer_log(&dir.file("c0"), "c0", &mut bad);
-    assert_eq!(c0_got.len(), 3, "c0 reported 3 messages before dying in its 4th receive");
+    assert_eq!(
+        c0_got.len(),
+        3,
+        "c0 reported 3 messages before dying in its 4th receive"
+    );
     assert!(
         read_consumer_log(&dir.file("c1"), "c1", &mut bad).is_empty(),
         "c1 died in its first receive"
@@ -698,13 +695,30 @@ fn consumer_killed_while_reclaiming_an_orphan_has_it_redelivered_again() {
     assert_eq!(contiguous("p1", &read_producer_log(&dir.file("p1"))), COUNT);
     let t = tally(&all);
     let expect: BTreeSet<(u64, u64)> = (0..COUNT).map(|s| (1, s)).collect();
-    assert_eq!(t.keys().copied().collect::<BTreeSet<_>>(), expect, "every message, nothing else");
+    assert_eq!(
+        t.keys().copied().collect::<BTreeSet<_>>(),
+        expect,
+        "every message, nothing else"
+    );
     for (k, v) in &t {
-        assert_eq!(v.len(), 1, "message {k:?} delivered {} times: {v:?}", v.len());
+        assert_eq!(
+            v.len(),
+            1,
+            "message {k:?} delivered {} times: {v:?}",
+            v.len()
+        );
     }
     let flagged: Vec<&Got> = all.iter().filter(|g| g.redelivered).collect();
-    assert_eq!(flagged.len(), 1, "the orphan is redelivered once more: {flagged:?}");
-    assert_eq!((flagged[0].id, flagged[0].seq), (1, 3), "c0 held seq 3 (single producer, single consumer: FIFO)");
+    assert_eq!(
+        flagged.len(),
+        1,
+        "the orphan is redelivered once more: {flagged:?}"
+    );
+    assert_eq!(
+        (flagged[0].id, flagged[0].seq),
+        (1, 3),
+        "c0 held seq 3 (single producer, single consumer: FIFO)"
+    );
     let tx = Sender::open(&g.name).unwrap();
     assert_all_slots_free(&tx, &rx, CAP, SLOTS);
     drop((tx, rx));
@@ -743,7 +757,11 @@ fn at_most_once_drops_the_message_a_sigkilled_consumer_held() {
     wait_until(|| shmq::info::inspect(&g.name).unwrap().participants.len() == 3);
     let info = shmq::info::inspect(&g.name).unwrap();
     assert_eq!(info.dropped, 1, "the held message is counted as dropped");
-    assert_eq!(info.slot_states[2..], [0, 0], "nothing held, nothing orphaned");
+    assert_eq!(
+        info.slot_states[2..],
+        [0, 0],
+        "nothing held, nothing orphaned"
+    );
     for seq in 1..=3 {
         let m = rx.try_recv().unwrap();
         assert_eq!(check(&m), Ok((0, seq)));
@@ -815,7 +833,12 @@ fn recovery_killed(test: &str, killer: &str, point: &str, skip: u64) {
         [SLOTS as u64 - 7, 5, 2, 0],
         "before recovery: 3 committed + 2 loaned, 2 held"
     );
-    assert_eq!(info.dead(), 4, "two monitors, a sender and a receiver died: {:?}", info.participants);
+    assert_eq!(
+        info.dead(),
+        4,
+        "two monitors, a sender and a receiver died: {:?}",
+        info.participants
+    );
 
     let mut s_env = env(&g.name, &[("SHMQ_T_MODE", killer.to_string())]);
     s_env.extend(crash_env(point, skip));
@@ -854,7 +877,13 @@ fn recovery_killed(test: &str, killer: &str, point: &str, skip: u64) {
     got.sort();
     assert_eq!(
         got,
-        vec![(0, 0, true), (0, 1, true), (1, 0, false), (1, 1, false), (1, 2, false)],
+        vec![
+            (0, 0, true),
+            (0, 1, true),
+            (1, 0, false),
+            (1, 1, false),
+            (1, 2, false)
+        ],
         "the held messages redelivered, the committed ones delivered, the loans discarded"
     );
     let tx = Sender::open(&g.name).unwrap();
@@ -943,7 +972,10 @@ fn blocked_receiver_disconnected(test: &str, sup: Supervision) {
         (r.map(|m| check(&m)), Instant::now(), rx)
     });
     std::thread::sleep(Duration::from_millis(250));
-    assert!(!waiter.is_finished(), "recv returned while the sender was alive");
+    assert!(
+        !waiter.is_finished(),
+        "recv returned while the sender was alive"
+    );
     let t0 = Instant::now();
     p.kill();
     let (r, t1, rx) = waiter.join().unwrap();
@@ -996,7 +1028,10 @@ fn blocked_sender_disconnected(test: &str, sup: Supervision) {
         (r, Instant::now(), tx)
     });
     std::thread::sleep(Duration::from_millis(250));
-    assert!(!waiter.is_finished(), "send returned while the queue was full");
+    assert!(
+        !waiter.is_finished(),
+        "send returned while the queue was full"
+    );
     let t0 = Instant::now();
     c.kill();
     let (r, t1, tx) = waiter.join().unwrap();
@@ -1012,7 +1047,10 @@ fn blocked_sender_disconnected(test: &str, sup: Supervision) {
     let rx = Receiver::open(&g.name).unwrap();
     let m = rx.try_recv().unwrap();
     assert_eq!(check(&m), Ok((0, 0)));
-    assert!(m.is_redelivery(), "the killed receiver's message comes back");
+    assert!(
+        m.is_redelivery(),
+        "the killed receiver's message comes back"
+    );
     drop(m);
     for seq in 1..=CAP as u64 {
         let m = rx.try_recv().unwrap();
@@ -1093,7 +1131,10 @@ fn blocked_sender_gets_disconnected_when_its_last_receiver_dies_registering_a_cl
         (r, tx)
     });
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!waiter.is_finished(), "send returned while the queue was full");
+    assert!(
+        !waiter.is_finished(),
+        "send returned while the queue was full"
+    );
     dir.touch("go");
     c.expect_killed("at register.cas while cloning its receiver");
     let (r, tx) = waiter.join().unwrap();

@@ -350,7 +350,13 @@ impl Proc {
         // it (the test), so a crashed test leaves no process behind.
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
                 Ok(())
             });
         }
@@ -691,6 +697,70 @@ pub fn consumer_child() -> ! {
     child_exit()
 }
 
+/// Child role "holder": opens a receiver, emits `ready`, receives `SHMQ_T_HOLD` messages
+/// and keeps them (emitting `holding <id> <seq> ...`), then sleeps until killed.
+pub fn holder_child() -> ! {
+    let rx = shmq::Builder::new()
+        .name(queue_name())
+        .supervision(supervision())
+        .open_receiver()
+        .unwrap();
+    emit("ready");
+    let mut held = Vec::new();
+    let mut what = String::new();
+    for _ in 0..param_u64("SHMQ_T_HOLD") {
+        let m = rx.recv().unwrap();
+        let (id, seq) = check(&m).unwrap();
+        what += &format!("{id} {seq} ");
+        held.push(m);
+    }
+    emit(&format!("holding {}", what.trim_end()));
+    sleep_forever()
+}
+
+/// Child role "loaner": opens a sender, sends `SHMQ_T_SENDS` messages of producer
+/// `SHMQ_T_ID` (reporting each `Ok` to `SHMQ_T_LOG`), takes `SHMQ_T_LOANS` loans filled
+/// with the next seqs and keeps them unsent, emits `loaned`, then sleeps until killed.
+/// With `SHMQ_T_FORK=1` it first forks a child that inherits its descriptors (and so its
+/// participant locks: handles are not fork-safe) and pauses forever; the event is then
+/// `loaned <pid of that child>`.
+pub fn loaner_child() -> ! {
+    let tx = shmq::Builder::new()
+        .name(queue_name())
+        .supervision(supervision())
+        .open_sender()
+        .unwrap();
+    let id = param_u64("SHMQ_T_ID");
+    let sends = param_u64("SHMQ_T_SENDS");
+    let mut log = Report::open(Path::new(&param("SHMQ_T_LOG")));
+    for seq in 0..sends {
+        tx.send(&payload(id, seq, mixed_size(id, seq))).unwrap();
+        log.line(&format!("{seq}\n"));
+    }
+    let mut loans = Vec::new();
+    for k in 0..param_u64("SHMQ_T_LOANS") {
+        let seq = sends + k;
+        let mut l = tx.loan(mixed_size(id, seq)).unwrap();
+        fill_payload(&mut l[..], id, seq);
+        loans.push(l);
+    }
+    if param_opt("SHMQ_T_FORK").as_deref() == Some("1") {
+        // SAFETY: the child only calls async-signal-safe functions (pause) until killed.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            loop {
+                // SAFETY: async-signal-safe.
+                unsafe { libc::pause() };
+            }
+        }
+        assert!(pid > 0, "fork failed");
+        emit(&format!("loaned {pid}"));
+    } else {
+        emit("loaned");
+    }
+    sleep_forever()
+}
+
 /// The report line of a received message.
 pub fn report_line(m: &shmq::Message) -> String {
     match check(m) {
@@ -746,7 +816,9 @@ pub fn read_consumer_log(path: &Path, by: &str, bad: &mut Vec<String>) -> Vec<Go
 /// Reads a producer report: the seqs whose send returned `Ok`, in order.
 pub fn read_producer_log(path: &Path) -> Vec<u64> {
     let s = std::fs::read_to_string(path).unwrap_or_default();
-    s.lines().map(|l| l.parse().expect("producer report")).collect()
+    s.lines()
+        .map(|l| l.parse().expect("producer report"))
+        .collect()
 }
 
 /// Asserts a producer report is exactly `0..n` and returns `n`.
@@ -791,7 +863,12 @@ pub fn drain(rx: &shmq::Receiver, by: &str, bad: &mut Vec<String>) -> Vec<Got> {
 /// exactly `capacity` `try_send`s succeed and they come back intact and in order) and
 /// through `shmq::info` (every slot FREE, no dead participant, no lease held). `tx` and
 /// `rx` must be the only handles left.
-pub fn assert_all_slots_free(tx: &shmq::Sender, rx: &shmq::Receiver, capacity: usize, slots: usize) {
+pub fn assert_all_slots_free(
+    tx: &shmq::Sender,
+    rx: &shmq::Receiver,
+    capacity: usize,
+    slots: usize,
+) {
     let name = tx.name().to_string();
     let info = shmq::info::inspect(&name).expect("inspect");
     assert_eq!(
@@ -799,7 +876,12 @@ pub fn assert_all_slots_free(tx: &shmq::Sender, rx: &shmq::Receiver, capacity: u
         [slots as u64, 0, 0, 0],
         "slots [free, loaned, held, orphan] after the run (a leaked slot?)"
     );
-    assert_eq!(info.dead(), 0, "dead participants left unrecovered: {:?}", info.participants);
+    assert_eq!(
+        info.dead(),
+        0,
+        "dead participants left unrecovered: {:?}",
+        info.participants
+    );
     assert_eq!(info.lease_holder, None, "recovery lease still held");
     match rx.try_recv() {
         Err(shmq::TryRecvError::Empty) => {}
@@ -810,7 +892,9 @@ pub fn assert_all_slots_free(tx: &shmq::Sender, rx: &shmq::Receiver, capacity: u
     for i in 0..slots {
         match tx.try_loan(64) {
             Ok(l) => loans.push(l),
-            Err(e) => panic!("only {i} of {slots} payload slots could be loaned ({e}): leaked slots"),
+            Err(e) => {
+                panic!("only {i} of {slots} payload slots could be loaned ({e}): leaked slots")
+            }
         }
     }
     assert!(
