@@ -36,6 +36,7 @@ fn child(role: &str) -> ! {
         "resuming-producer" => resuming_producer_child(),
         "resuming-consumer" => resuming_consumer_child(),
         "producer" => producer_child(),
+        "headless-holder" => headless_holder_child(),
         r => panic!("unknown role {r}"),
     }
 }
@@ -74,6 +75,79 @@ fn resuming_consumer_child() -> ! {
     drop(m); // the ack must still work: the slot is still ours
     drop(rx);
     child_exit()
+}
+
+extern "C" fn exit_this_thread(_: libc::c_int) {
+    // SAFETY: a raw exit of the calling thread only (not exit_group); async-signal-safe.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+}
+
+/// Receives one message and keeps it, then ends the process's *main* thread (the thread
+/// group leader, whose `/proc/<pid>/stat` then says `Z`) while this thread goes on;
+/// emits `headless`, waits for the go file, checks its message, acks it and exits.
+fn headless_holder_child() -> ! {
+    let rx = Builder::new().name(queue_name()).open_receiver().unwrap();
+    emit("ready");
+    let m = rx.recv().unwrap();
+    let pid = std::process::id() as i32;
+    // SAFETY: installs a handler that only makes a raw syscall, then signals the main
+    // thread (tid == pid), which is parked in the test harness and holds no lock of ours.
+    unsafe {
+        libc::signal(libc::SIGUSR1, exit_this_thread as *const () as libc::sighandler_t);
+        libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGUSR1);
+    }
+    wait_until(|| proc_stat(pid).map(|s| s.0) == Some(b'Z'));
+    emit("headless");
+    wait_for_file(std::path::Path::new(&param("SHMQ_T_GO")));
+    assert_eq!(check(&m), Ok((0, 0)));
+    drop(m);
+    // The ack must have freed the slot: nobody took the message away meanwhile.
+    emit("acked");
+    drop(rx);
+    child_exit()
+}
+
+#[test]
+fn process_whose_main_thread_exited_is_alive_while_another_thread_runs() {
+    const TEST: &str = "process_whose_main_thread_exited_is_alive_while_another_thread_runs";
+    if let Some(r) = role() {
+        child(&r)
+    }
+    let _wd = Watchdog::new(TEST, LIMIT);
+    let g = ShmGuard::new("live");
+    let dir = LogDir::new(&g.name);
+    let (tx, rx) = Builder::new().name(&g.name).capacity(CAP).create().unwrap();
+    let mut c = Proc::spawn_test(
+        TEST,
+        "headless",
+        "headless-holder",
+        &env(&g.name, &[("SHMQ_T_GO", dir.file_str("go"))]),
+    );
+    c.expect("ready");
+    tx.send(&payload(0, 0, 3000)).unwrap();
+    c.expect("headless");
+    assert_eq!(proc_stat(c.pid()).map(|s| s.0), Some(b'Z'), "the leader shows as a zombie");
+    // Give the supervisor thread (pidfd + 100 ms rescans) time to misjudge it.
+    std::thread::sleep(Duration::from_millis(500));
+    let sup = shmq::Supervisor::open(&g.name).unwrap();
+    let recovered = sup.run_once().unwrap();
+    let info = shmq::info::inspect(&g.name).unwrap();
+    let early = rx.try_recv();
+    assert!(
+        recovered == 0 && info.recoveries == 0 && early.is_err(),
+        "a live process (its main thread gone, another thread holding a message) was judged \
+         dead: run_once recovered {recovered}, recoveries {}, its message redelivered: {:?}",
+        info.recoveries,
+        early.map(|m| (check(&m), m.is_redelivery()))
+    );
+    assert_eq!(info.slot_states[2], 1, "it still holds its message");
+    dir.touch("go");
+    c.expect("acked");
+    c.expect_success();
+    drop(sup);
+    assert_all_slots_free(&tx, &rx, CAP, SLOTS);
+    drop((tx, rx));
+    g.assert_clean();
 }
 
 // ---------------------------------------------------------------------------------------
