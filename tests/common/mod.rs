@@ -181,9 +181,7 @@ impl Watchdog {
                          killing children, cleaning /dev/shm, aborting"
                     );
                     kill_all_children();
-                    for name in lock(&GUARDED).iter() {
-                        remove_leftovers(name);
-                    }
+                    remove_all_guarded();
                     std::process::abort();
                 }
             })
@@ -201,6 +199,14 @@ impl Drop for Watchdog {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Removes what is left in /dev/shm of every name a live [`ShmGuard`] holds: for paths
+/// that end the process without unwinding (a watchdog, `process::exit`).
+pub fn remove_all_guarded() {
+    for name in lock(&GUARDED).iter() {
+        remove_leftovers(name);
     }
 }
 
