@@ -119,6 +119,30 @@ fn child_role(role: &str) {
             std::thread::sleep(Duration::from_millis(300));
             drop(rx);
         }
+        // Receives two messages and holds them; on GO drops the first (saying so just
+        // before), then receives the rest.
+        "slot_holder" => {
+            let rx = shmq::Receiver::open(&name).unwrap();
+            let m0 = rx.recv().unwrap();
+            let m1 = rx.recv().unwrap();
+            assert_eq!((as_num(&m0), as_num(&m1)), (0, 1));
+            touch(dir_file("held"));
+            wait_for_file(dir_file("go"), None);
+            std::thread::sleep(Duration::from_millis(300));
+            touch(dir_file("dropping"));
+            drop(m0);
+            assert_eq!(as_num(&rx.recv().unwrap()), 2);
+            assert_eq!(as_num(&rx.recv().unwrap()), 3);
+            drop(m1);
+        }
+        // Attaches a sender; exits cleanly once EXIT appears.
+        "sender_lingers" => {
+            let tx = shmq::Sender::open(&name).unwrap();
+            let id = param("ID");
+            touch(dir_file(&format!("attached-{id}")));
+            wait_for_file(dir_file(&format!("exit-{id}")), None);
+            drop(tx);
+        }
         // Attaches (as ROLE) and waits to be killed.
         "victim" => {
             let _h: Box<dyn std::any::Any> = match param("AS").as_str() {
@@ -171,6 +195,114 @@ fn try_send_on_a_full_queue_returns_full_until_a_recv_makes_room() {
     assert!(m.len() == 3000 && m.iter().all(|&b| b == 0xab));
     drop(m);
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+#[test]
+fn capacity_is_exact_whatever_its_value() {
+    let _wd = Watchdog::new("capacity_exact", LIMIT);
+    for cap in [1usize, 2, 3, 7, 63, 64, 65, 100, 1000] {
+        let g = ShmGuard::new("cap");
+        let (tx, rx) = create(&g, cap);
+        assert_eq!((tx.capacity(), rx.capacity()), (cap, cap));
+        for i in 0..cap as u64 {
+            tx.try_send(&num(i))
+                .unwrap_or_else(|e| panic!("capacity {cap}: try_send #{i}: {e}"));
+        }
+        assert!(
+            matches!(tx.try_send(&num(0)), Err(TrySendError::Full)),
+            "capacity {cap}: one more than capacity fit"
+        );
+        assert_eq!(rx.len(), cap);
+        // Around the ring a few times, full each time.
+        for lap in 0..3u64 {
+            for i in 0..cap as u64 {
+                assert_eq!(as_num(&rx.try_recv().unwrap()), lap * 1_000_000 + i);
+                tx.try_send(&num((lap + 1) * 1_000_000 + i)).unwrap();
+            }
+            assert!(matches!(tx.try_send(&num(0)), Err(TrySendError::Full)));
+        }
+        drop((tx, rx));
+        g.assert_clean();
+    }
+}
+
+#[test]
+fn try_send_is_full_when_every_payload_slot_is_in_use_until_an_ack() {
+    let _wd = Watchdog::new("slots_full", LIMIT);
+    let g = ShmGuard::new("slots");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(4)
+        .slots(6)
+        .create()
+        .unwrap();
+    for i in 0..4 {
+        tx.try_send(&num(i)).unwrap();
+    }
+    let held: Vec<_> = (0..2).map(|_| rx.try_recv().unwrap()).collect();
+    // Ring 2 of 4, held 2: two more slots.
+    tx.try_send(&num(4)).unwrap();
+    tx.try_send(&num(5)).unwrap();
+    let third = rx.try_recv().unwrap();
+    // Ring 3 of 4 but all 6 slots in use (3 queued, 3 held).
+    assert!(!tx.is_full());
+    assert!(
+        matches!(tx.try_send(&num(6)), Err(TrySendError::Full)),
+        "every payload slot is in use"
+    );
+    assert!(matches!(tx.try_loan(10), Err(TrySendError::Full)));
+    let d = Duration::from_millis(50);
+    let t = Instant::now();
+    assert!(matches!(
+        tx.send_timeout(&num(6), d),
+        Err(SendTimeoutError::Timeout)
+    ));
+    assert!(t.elapsed() >= d);
+    // An ack frees a slot.
+    drop(third);
+    tx.try_send(&num(6)).unwrap();
+    assert!(matches!(tx.try_send(&num(7)), Err(TrySendError::Full)));
+    drop(held);
+    for i in 3..7 {
+        assert_eq!(as_num(&rx.try_recv().unwrap()), i);
+    }
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+#[test]
+fn try_send_is_full_when_payload_memory_is_exhausted_until_an_ack() {
+    let _wd = Watchdog::new("payload_full", LIMIT);
+    let g = ShmGuard::new("bytes");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(8)
+        .max_message_size(512 << 10)
+        .max_payload_bytes(1 << 20)
+        .create()
+        .unwrap();
+    let big = vec![5u8; 512 << 10];
+    tx.try_send(&big).unwrap();
+    tx.try_send(&big).unwrap();
+    assert!(
+        matches!(tx.try_send(&big), Err(TrySendError::Full)),
+        "payload memory is at its bound"
+    );
+    // Small messages live inline and need no payload memory.
+    tx.try_send(b"inline").unwrap();
+    let m = rx.recv().unwrap();
+    assert!(
+        matches!(tx.try_send(&big), Err(TrySendError::Full)),
+        "held, not acked"
+    );
+    drop(m);
+    tx.try_send(&big).expect("the ack freed payload memory");
+    for want in [big.len(), 6, big.len()] {
+        let m = rx.recv().unwrap();
+        assert_eq!(m.len(), want);
+    }
     drop((tx, rx));
     g.assert_clean();
 }
@@ -305,6 +437,99 @@ fn blocked_send_is_woken_when_another_process_receives() {
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
     drop((tx, rx));
     g.assert_clean();
+}
+
+#[test]
+fn blocked_send_is_woken_when_another_process_acks_a_held_message() {
+    const TEST: &str = "blocked_send_is_woken_when_another_process_acks_a_held_message";
+    as_child(child_role);
+    let _wd = Watchdog::new(TEST, LIMIT);
+    let g = ShmGuard::new("ackwake");
+    let dir = TempDir::new("ackwake");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(2)
+        .slots(3)
+        .create()
+        .unwrap();
+    let mut child = Child::spawn(
+        TEST,
+        "slot_holder",
+        &[("NAME", &g.name()), ("DIR", &dir.path().display())],
+    );
+    tx.send(&num(0)).unwrap();
+    tx.send(&num(1)).unwrap();
+    wait_for_file(dir.join("held"), Some(&mut child));
+    tx.send(&num(2)).unwrap();
+    // Ring 1 of 2, but the third and last slot is taken.
+    assert!(matches!(tx.try_send(&num(3)), Err(TrySendError::Full)));
+    touch(dir.join("go"));
+    tx.send(&num(3)).unwrap();
+    assert!(
+        dir.join("dropping").exists(),
+        "send went through before the child acked a message"
+    );
+    child.wait_ok();
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+#[test]
+fn recv_is_not_disconnected_while_any_sender_process_lives() {
+    const TEST: &str = "recv_is_not_disconnected_while_any_sender_process_lives";
+    as_child(child_role);
+    let _wd = Watchdog::new(TEST, LIMIT);
+    let g = ShmGuard::new("twosend");
+    let dir = TempDir::new("twosend");
+    let (tx, rx) = create(&g, 2);
+    let mut kids: Vec<Child> = (0..2)
+        .map(|i| {
+            Child::spawn(
+                TEST,
+                "sender_lingers",
+                &[
+                    ("NAME", &g.name()),
+                    ("DIR", &dir.path().display()),
+                    ("ID", &i),
+                ],
+            )
+        })
+        .collect();
+    for (i, k) in kids.iter_mut().enumerate() {
+        wait_for_file(dir.join(format!("attached-{i}")), Some(k));
+    }
+    drop(tx);
+    touch(dir.join("exit-0"));
+    kids[0].wait_ok();
+    let d = Duration::from_millis(200);
+    let t = Instant::now();
+    let r = rx.recv_timeout(d);
+    assert!(
+        matches!(r, Err(RecvTimeoutError::Timeout)),
+        "one sender process is still attached: {r:?}"
+    );
+    assert!(t.elapsed() >= d);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    touch(dir.join("exit-1"));
+    let r = rx.recv();
+    assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
+    kids[1].wait_ok();
+    drop(rx);
+    g.assert_clean();
+}
+
+#[test]
+fn handles_have_the_documented_auto_traits() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    fn clone<T: Clone>() {}
+    send_sync::<shmq::Sender>();
+    send_sync::<shmq::Receiver>();
+    clone::<shmq::Sender>();
+    clone::<shmq::Receiver>();
+    send::<shmq::Loan>();
+    send::<shmq::Message>();
+    send_sync::<shmq::Error>();
 }
 
 #[test]
