@@ -5,7 +5,8 @@
 //! Each message is `producer id (u32) | length (u32) | sequence (u64) | checksum (u64) |
 //! body`, where the length and the body are functions of (producer, sequence): lengths
 //! range over header-only, around the 192-byte inline limit and a few KiB. Producers send
-//! with `send`, `send_timeout` and `loan` in turn. Consumers check each message, keep a few
+//! with `send`, `send_timeout` and `loan` in turn. Consumers (even ones with `recv`, odd
+//! ones with short `recv_timeout`s) check each message, keep a few
 //! unacknowledged for a while (acking out of order), and write one 16-byte record per
 //! message to a file that the parent reads after they exit. After the producers exit the
 //! parent sends one stop marker per consumer (FIFO puts them behind every data message).
@@ -121,7 +122,16 @@ fn child_role(role: &str) {
             let mut records = Vec::new();
             let mut n = 0u64;
             loop {
-                let m = rx.recv().expect("consumer recv");
+                // Odd consumers poll with short timeouts, even ones block.
+                let m = if id % 2 == 1 {
+                    match rx.recv_timeout(Duration::from_micros(mix(n) % 3000)) {
+                        Ok(m) => m,
+                        Err(shmq::RecvTimeoutError::Timeout) => continue,
+                        Err(e) => panic!("consumer recv_timeout: {e}"),
+                    }
+                } else {
+                    rx.recv().expect("consumer recv")
+                };
                 if &*m == STOP {
                     break;
                 }
@@ -292,5 +302,17 @@ fn four_producers_to_one_consumer_keep_each_producers_order() {
         1,
         10_000,
         4,
+    );
+}
+
+#[test]
+fn capacity_one_with_three_producers_and_three_consumers_loses_nothing() {
+    as_child(child_role);
+    run(
+        "capacity_one_with_three_producers_and_three_consumers_loses_nothing",
+        3,
+        3,
+        4_000,
+        1,
     );
 }
