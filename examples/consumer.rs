@@ -20,7 +20,7 @@
 
 use shmq::{ErrorKind, RecvTimeoutError};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,30 +88,29 @@ fn parse_bytes(flag: &str, s: &str) -> Result<u64, String> {
         ))
 }
 
-/// Totals, shared with the Ctrl-C handler so it can print them on the way out.
 #[derive(Default)]
 struct Totals {
-    msgs: AtomicU64,
-    bytes: AtomicU64,
-    bad: AtomicU64,
-    foreign: AtomicU64,
-    /// When the first message arrived, in ns after `start` (0: none yet). Rates count from
-    /// there, not from the wait for a producer.
-    first_ns: AtomicU64,
+    msgs: u64,
+    bytes: u64,
+    bad: u64,
+    foreign: u64,
+    /// When the first message arrived, after `start`. Rates count from there, not from the
+    /// wait for a producer.
+    first: Option<Duration>,
 }
 
 impl Totals {
     fn summary(&self, start: Instant) -> String {
-        let first = Duration::from_nanos(self.first_ns.load(Relaxed));
+        let first = self.first.unwrap_or_default();
         let secs = start.elapsed().saturating_sub(first).as_secs_f64();
-        let (m, b) = (self.msgs.load(Relaxed), self.bytes.load(Relaxed));
+        let (m, b) = (self.msgs, self.bytes);
         let mut s = format!(
             "received {m} messages, {} in {secs:.1} s ({:.0} msgs/s, {}/s)",
             human(b as f64),
             m as f64 / secs,
             human(b as f64 / secs)
         );
-        let (bad, foreign) = (self.bad.load(Relaxed), self.foreign.load(Relaxed));
+        let (bad, foreign) = (self.bad, self.foreign);
         if bad > 0 {
             s += &format!("; {bad} CORRUPT");
         }
@@ -120,6 +119,26 @@ impl Totals {
         }
         s
     }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM set the returned flag; the receive loop (which wakes at
+/// least once a second) checks it, prints the totals and leaves the ordinary way, dropping
+/// the receiver on the thread that uses it (and with it the queue, if nobody else uses
+/// it). A second Ctrl-C kills the process outright.
+///
+/// Not `shmq::shutdown::exit_on_signals`: it releases the handles from its own thread
+/// while this one may still be receiving with them.
+fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // This order: the first signal sets the flag, the second finds it set and dies.
+        let r = signal_hook::flag::register_conditional_default(sig, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        if let Err(e) = r {
+            eprintln!("warning: cannot handle signal {sig}: {e}");
+        }
+    }
+    stop
 }
 
 fn human(bytes: f64) -> String {
@@ -182,18 +201,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(name, &e),
     };
 
-    let totals = Arc::new(Totals::default());
+    let mut totals = Totals::default();
+    let stop = stop_on_signals();
     let start = Instant::now();
-    {
-        // Ctrl-C: print the totals; `exit_on_signals` then releases our receiver (and
-        // unlinks the queue if nobody else uses it) before the process exits.
-        let totals = totals.clone();
-        if let Err(e) = shmq::shutdown::exit_on_signals(move || {
-            eprintln!("\ninterrupted: {}", totals.summary(start));
-        }) {
-            eprintln!("warning: {e}; Ctrl-C will not clean up");
-        }
-    }
 
     let tick = Duration::from_secs(1);
     let mut next_tick = start + tick;
@@ -201,9 +211,13 @@ fn main() -> ExitCode {
     let mut producer_seen = false;
     let mut said_waiting = false;
     loop {
+        if stop.load(Relaxed) {
+            eprintln!("\ninterrupted: {}", totals.summary(start));
+            break;
+        }
         let now = Instant::now();
         if now >= next_tick {
-            let (m, b) = (totals.msgs.load(Relaxed), totals.bytes.load(Relaxed));
+            let (m, b) = (totals.msgs, totals.bytes);
             let dt = now.duration_since(last_t).as_secs_f64();
             if producer_seen {
                 println!(
@@ -221,21 +235,14 @@ fn main() -> ExitCode {
         }
         match rx.recv_timeout(next_tick.saturating_duration_since(now)) {
             Ok(msg) => {
-                if totals.first_ns.load(Relaxed) == 0 {
-                    let ns = start.elapsed().as_nanos().max(1) as u64;
-                    totals.first_ns.store(ns, Relaxed);
-                }
+                totals.first.get_or_insert_with(|| start.elapsed());
                 producer_seen = true;
-                totals.msgs.fetch_add(1, Relaxed);
-                totals.bytes.fetch_add(msg.len() as u64, Relaxed);
+                totals.msgs += 1;
+                totals.bytes += msg.len() as u64;
                 match check(&msg) {
                     Some(true) => {}
-                    Some(false) => {
-                        totals.bad.fetch_add(1, Relaxed);
-                    }
-                    None => {
-                        totals.foreign.fetch_add(1, Relaxed);
-                    }
+                    Some(false) => totals.bad += 1,
+                    None => totals.foreign += 1,
                 }
                 // Dropping `msg` here is the ack: its slot is free for the producer again.
             }
@@ -266,7 +273,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    if totals.bad.load(Relaxed) > 0 {
+    if totals.bad > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -16,7 +16,7 @@
 
 use shmq::{ErrorKind, SendError};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,26 @@ fn fill(buf: &mut [u8], pid: u32, seq: u64) {
     }
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM set the returned flag; the send loop checks it and leaves
+/// the ordinary way, dropping the sender on the thread that uses it, so the consumer sees
+/// the producer go at once. A second Ctrl-C kills the process outright (needed if it is
+/// blocked on a full queue); the consumer's supervisor then repairs what it left.
+///
+/// Not `shmq::shutdown::exit_on_signals`: it releases the handles from its own thread
+/// while this one may still be sending with them.
+fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // This order: the first signal sets the flag, the second finds it set and dies.
+        let r = signal_hook::flag::register_conditional_default(sig, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        if let Err(e) = r {
+            eprintln!("warning: cannot handle signal {sig}: {e}");
+        }
+    }
+    stop
+}
+
 fn summary(sent: u64, size: usize, secs: f64) -> String {
     let bytes = sent as f64 * size as f64;
     format!(
@@ -166,25 +186,19 @@ fn main() -> ExitCode {
         tx.capacity()
     );
 
-    let sent = Arc::new(AtomicU64::new(0));
+    let stop = stop_on_signals();
     let start = Instant::now();
-    {
-        // Ctrl-C: print what was sent; `exit_on_signals` then releases our sender before
-        // the process exits, so the consumer sees the producer go at once.
-        let sent = sent.clone();
-        if let Err(e) = shmq::shutdown::exit_on_signals(move || {
-            let secs = start.elapsed().as_secs_f64();
-            eprintln!("\ninterrupted: {}", summary(sent.load(Relaxed), size, secs));
-        }) {
-            eprintln!("warning: {e}; Ctrl-C will not clean up");
-        }
-    }
 
     let pid = std::process::id();
     let tick = Duration::from_secs(1);
     let mut next_tick = start + tick;
     let (mut last_sent, mut last_t) = (0, start);
+    let mut sent = 0;
     for seq in 0..count {
+        if stop.load(Relaxed) {
+            eprintln!("\ninterrupted");
+            break;
+        }
         // Blocks while every payload slot is in use (queue full, or consumers slow to ack).
         let result = tx.loan(size).and_then(|mut loan| {
             fill(&mut loan, pid, seq);
@@ -204,7 +218,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        sent.store(seq + 1, Relaxed);
+        sent = seq + 1;
         if seq % 64 == 0 {
             let now = Instant::now();
             if now >= next_tick {
@@ -225,11 +239,11 @@ fn main() -> ExitCode {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{}", summary(count, size, secs));
+    eprintln!("{}", summary(sent, size, secs));
     // Every message sent is in the queue or with a consumer: wait until all are acked.
     match tx.wait_for_acks(Some(Duration::from_secs(30))) {
         Ok(()) => {
-            eprintln!("all {count} messages acknowledged by the consumers");
+            eprintln!("all {sent} messages acknowledged by the consumers");
             ExitCode::SUCCESS
         }
         Err(e) => {

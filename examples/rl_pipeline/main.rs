@@ -58,9 +58,9 @@ fn main() -> ExitCode {
             // kernel if the parent dies, however it dies) ask the child to wind down the
             // ordinary way: actors stop sending and drop their senders, learners drain the
             // queue until `Disconnected`. Every handle is dropped by the thread using it, so
-            // the queue leaves /dev/shm with the last process. (`shmq::shutdown::
-            // exit_on_signals` would release the handles from its own thread while this
-            // one still uses them; see the report of this example's first version.)
+            // the queue leaves /dev/shm with the last process. (Not `shmq::shutdown::
+            // exit_on_signals`: it releases the handles from its own thread while this one
+            // may still be sending or receiving with them.)
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
@@ -101,7 +101,9 @@ fn parent_main(o: &Options) -> ExitCode {
     let pids = Arc::new(Mutex::new(Vec::new()));
     {
         // On Ctrl-C: kill and reap the children first, so that this process is the last
-        // one attached and `exit_on_signals` unlinks the queue on its way out.
+        // one attached and `exit_on_signals` unlinks the queue on its way out. (Safe here,
+        // unlike in the children: the main thread only waits on the children meanwhile,
+        // and parks once it sees `INTERRUPTED`.)
         let pids = pids.clone();
         if let Err(e) = shmq::shutdown::exit_on_signals(move || {
             INTERRUPTED.store(true, Ordering::SeqCst);
