@@ -30,6 +30,9 @@ pub enum ErrorKind {
     TooManyParticipants,
     /// Another OS error (see the source).
     Io,
+    /// This process is leaving the queue ([`shutdown`](crate::shutdown)); handles report
+    /// it as `Disconnected`.
+    Closed,
 }
 
 /// A setup or OS failure: creating, opening, mapping, or growing shared memory.
@@ -64,6 +67,11 @@ impl Error {
             msg: what.into(),
             source: Some(e),
         }
+    }
+
+    /// The error of an operation started after this process began leaving the queue.
+    pub(crate) fn closed() -> Error {
+        Error::new(ErrorKind::Closed, "this process is leaving the queue")
     }
 
     pub(crate) fn corrupt(what: impl Into<String>) -> Error {
@@ -136,6 +144,9 @@ macro_rules! hot_error {
 
         impl From<Error> for $name {
             fn from(e: Error) -> Self {
+                if e.kind() == ErrorKind::Closed {
+                    return $name::Disconnected;
+                }
                 $name::Failed(e)
             }
         }

@@ -154,6 +154,7 @@ impl Sender {
     /// payload bound is reached) right now.
     fn alloc(&self, len: u64) -> Result<Option<Loan>, Error> {
         let q = &self.p.q;
+        let _op = q.enter().ok_or_else(Error::closed)?;
         let s = q.shared();
         let me = self.p.idx();
         let fits =
@@ -211,7 +212,7 @@ impl Sender {
             &self.p.blocked[1],
             || match self.alloc(len) {
                 Ok(Some(l)) => Some(Ok(l)),
-                Err(e) => Some(Err(SendTimeoutError::Failed(e))),
+                Err(e) => Some(Err(SendTimeoutError::from(e))),
                 Ok(None) if self.disconnected() => Some(Err(SendTimeoutError::Disconnected)),
                 Ok(None) => None,
             },
@@ -435,6 +436,7 @@ impl Loan {
     }
 
     fn publish_once(&self) -> Result<bool, Error> {
+        let _op = self.p.q.enter().ok_or_else(Error::closed)?;
         let s = self.p.q.shared();
         match ring::publish(&s, self.slot) {
             Ok(_) => Ok(true),
@@ -470,7 +472,7 @@ impl Loan {
             &self.p.blocked[1],
             || match self.publish_once() {
                 Ok(true) => Some(Ok(())),
-                Err(e) => Some(Err(SendTimeoutError::Failed(e))),
+                Err(e) => Some(Err(SendTimeoutError::from(e))),
                 Ok(false) if q.peers().1 == 0 => Some(Err(SendTimeoutError::Disconnected)),
                 Ok(false) => None,
             },
@@ -523,7 +525,7 @@ impl Loan {
                 };
                 Err(self.unsent(e))
             }
-            Err(e) => Err(self.unsent(TrySendError::Failed(e))),
+            Err(e) => Err(self.unsent(TrySendError::from(e))),
         }
     }
 }
@@ -616,6 +618,7 @@ impl Receiver {
     /// One attempt: a redelivery first (they are older), then the ring.
     fn take(&self) -> Result<Option<Message>, Error> {
         let q = &self.p.q;
+        let _op = q.enter().ok_or_else(Error::closed)?;
         let s = q.shared();
         let me = self.p.idx();
         if let Some((slot, word)) = slots::claim_orphan(&s, me, q.next_cursor()) {

@@ -106,6 +106,10 @@ pub(crate) struct Queue {
     users: std::sync::atomic::AtomicUsize,
     /// Set (under the `REGISTRY` lock) when the last user left; never reused after.
     detached: std::sync::atomic::AtomicBool,
+    /// Set when this process leaves on a signal (see `abandon`).
+    abandoned: std::sync::atomic::AtomicBool,
+    /// Operations of this process's handles under way (see `enter`).
+    ops: std::sync::atomic::AtomicUsize,
 }
 
 /// A counted use of a process's attachment (held by every participant and by a
@@ -335,6 +339,8 @@ impl Queue {
             cursor: LocalU64::new(rand::random::<u32>() as u64),
             users: std::sync::atomic::AtomicUsize::new(1),
             detached: std::sync::atomic::AtomicBool::new(false),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
+            ops: std::sync::atomic::AtomicUsize::new(0),
         });
         let q = User(q);
         let mon = q.register(Role::Monitor)?;
@@ -508,25 +514,67 @@ impl Queue {
 }
 
 impl Queue {
-    /// Releases every record of this process in this queue as recovery would after its
-    /// death (handles first, the monitor, which holds the lease, last), then detaches.
+    /// Leaves the queue on the way out of the process (`shutdown::release_all`): from
+    /// now on every operation of this process's handles fails with `Disconnected`;
+    /// operations already under way finish (a send that commits is delivered); then the
+    /// messages this process holds are handed back (redelivered, or dropped under
+    /// at-most-once) and, if no other process is attached, the queue is unlinked.
+    ///
+    /// The records themselves stay ACTIVE, and loans stay LOANED, until the process
+    /// exits and the others' supervisors recover it: another thread of ours may still
+    /// be writing into a loan, and freeing its slot under it would let that write land
+    /// in someone else's message.
     pub fn abandon(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.abandoned.store(true, SeqCst);
         let s = self.shared();
+        // Wake our own blocked threads: their next poll sees `abandoned`.
+        crate::wait::bump(&self.futex, &s.ctl.not_empty);
+        crate::wait::bump(&self.futex, &s.ctl.not_full);
+        let t0 = std::time::Instant::now();
+        while self.ops.load(SeqCst) != 0 && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
         let me = os::my_identity();
-        let mine = |i: usize| {
-            let r = &s.parts[i];
-            r.pid.load(Ordering::Relaxed) == me.pid
-                && r.start_time.load(Ordering::Relaxed) == me.start_time
-                && r.pid_ns.load(Ordering::Relaxed) == me.pid_ns
-        };
-        let mon = lock(&self.monitor).as_ref().map(|m| m.idx);
         for (i, rec) in s.parts.iter().enumerate() {
-            let w = rec.state.load(Ordering::Acquire);
-            if part_role(w).is_some() && mine(i) && Some(i as u16) != mon {
-                crate::supervisor::recover_one(self, i as u16, w);
+            let mine = rec.pid.load(Ordering::Relaxed) == me.pid
+                && rec.start_time.load(Ordering::Relaxed) == me.start_time
+                && rec.pid_ns.load(Ordering::Relaxed) == me.pid_ns;
+            if mine && part_role(rec.state.load(Ordering::Acquire)).is_some() {
+                crate::recovery::return_held(&s, i as u16);
             }
         }
-        self.detach();
+        crate::wait::bump(&self.futex, &s.ctl.not_empty);
+        crate::wait::bump(&self.futex, &s.ctl.not_full);
+        let (wr, un) = (
+            libc::F_WRLCK as libc::c_short,
+            libc::F_UNLCK as libc::c_short,
+        );
+        if matches!(os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr), Ok(true)) {
+            destroy_objects(&self.name, self.ino);
+        }
+        let _ = os::try_lock(&self.probe, os::LIFECYCLE_BYTE, un);
+    }
+
+    /// Marks the start of an operation on shared memory by a handle of this process;
+    /// `None` once the process is leaving (see [`abandon`](Self::abandon)).
+    pub fn enter(&self) -> Option<OpGuard<'_>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.ops.fetch_add(1, SeqCst);
+        if self.abandoned.load(SeqCst) {
+            self.ops.fetch_sub(1, SeqCst);
+            return None;
+        }
+        Some(OpGuard(self))
+    }
+}
+
+/// An operation under way (see [`Queue::enter`]).
+pub(crate) struct OpGuard<'a>(&'a Queue);
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        self.0.ops.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

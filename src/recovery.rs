@@ -147,3 +147,32 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
     q.ctl.not_full.fetch_add(1, Release);
     r
 }
+
+/// Hands back the messages live participant `d` holds (HELD by `d`): ORPHAN for
+/// redelivery, or FREE under at-most-once. For a process on its way out
+/// (`shutdown::release_all`): its records stay ACTIVE, and its loans are left for the
+/// recovery that follows its death, because a thread of it may still be writing into
+/// them. Only `d` itself may call this (nobody else changes `HELD(_, d)` while `d` lives).
+pub fn return_held(q: &Shared<'_>, d: u16) -> u64 {
+    let mut n = 0;
+    for rec in q.slots {
+        let w = rec.word.load(Acquire);
+        if slot_owner(w) != d || slot_state(w) != Some(SlotState::Held) {
+            continue;
+        }
+        let next = if q.at_most_once {
+            let p = rec.pos.load(Acquire);
+            let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
+            crate::layout::slot_freed(w)
+        } else {
+            q.ctl.counters.orphans.fetch_add(1, AcqRel);
+            slot_word(slot_gen(w), SlotState::Orphan, crate::layout::OWNER_NONE)
+        };
+        if rec.word.compare_exchange(w, next, AcqRel, Relaxed).is_ok() {
+            n += 1;
+        }
+    }
+    q.ctl.not_empty.fetch_add(1, Release);
+    q.ctl.not_full.fetch_add(1, Release);
+    n
+}

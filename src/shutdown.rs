@@ -1,21 +1,29 @@
 //! Graceful shutdown on SIGINT / SIGTERM.
 //!
 //! By default a signal kills the process like any crash, and the other participants'
-//! supervisors repair what it left within milliseconds. [`exit_on_signals`] does the same
-//! repair *before* the process exits, so nothing waits for detection: every handle of this
-//! process is released (unsent loans discarded, held messages redelivered or dropped per
-//! the queue's [`Delivery`](crate::Delivery)), and a queue this process was the last to use
-//! is unlinked from `/dev/shm`.
+//! supervisors repair what it left within milliseconds. [`exit_on_signals`] leaves
+//! cleanly instead, before the process exits:
+//!
+//! 1. every handle of this process stops: operations fail with `Disconnected` (blocked
+//!    calls are woken), and operations already under way finish, so a send that commits
+//!    is delivered;
+//! 2. the messages this process holds are handed back at once (redelivered, or dropped
+//!    under [`Delivery::AtMostOnce`](crate::Delivery)), without waiting for anyone to
+//!    notice the death;
+//! 3. a queue no other process is attached to is unlinked from `/dev/shm`.
+//!
+//! Unsent loans are left to the recovery that follows the exit (a thread may still be
+//! writing into one; freeing its slot under it would let that write land in another
+//! message), as are the participant records themselves.
 
 use crate::error::Error;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Releases every shmq participant record of this process, in every queue it is attached
-/// to, as recovery would after its death, and unlinks the queues it was the last to use.
-/// Handles still held afterwards are inert: their later drops are no-ops, and using them
-/// is a logic error (messages they held may have been redelivered). Call it only on the
-/// way out of the process.
+/// Stops every shmq handle of this process, in every queue it is attached to, hands back
+/// the messages it holds and unlinks the queues it was the last to use (see the module
+/// doc). Handles used afterwards report `Disconnected`. Call it only on the way out of
+/// the process.
 pub fn release_all() {
     for q in crate::queue::attached() {
         q.abandon();
