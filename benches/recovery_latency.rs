@@ -64,7 +64,11 @@ fn env(name: &str, sup: Supervision) -> Vec<(&'static str, String)> {
 /// With `SHMQ_BENCH_VERBOSE=1`, prints every kill's latency.
 fn verbose(case: &str, sup: Supervision, watched: bool, i: u64, d: Duration) {
     if std::env::var("SHMQ_BENCH_VERBOSE").as_deref() == Ok("1") {
-        println!("  {case} {} watched={watched} kill {i}: {:.3} ms", sup_name(sup), ms(d));
+        println!(
+            "  {case} {} watched={watched} kill {i}: {:.3} ms",
+            sup_name(sup),
+            ms(d)
+        );
     }
 }
 
@@ -79,8 +83,8 @@ fn watching(pid: i32) -> bool {
         return false;
     };
     rd.flatten().any(|e| {
-        let is_pidfd = std::fs::read_link(e.path())
-            .is_ok_and(|l| l.to_string_lossy().contains("pidfd"));
+        let is_pidfd =
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("pidfd"));
         is_pidfd
             && std::fs::read_to_string(format!(
                 "/proc/self/fdinfo/{}",
@@ -100,10 +104,15 @@ fn before_kill(watched: bool, child: i32) {
     if watched {
         let t0 = Instant::now();
         while !watching(child) {
-            assert!(t0.elapsed() < Duration::from_secs(10), "the supervisor never watched the child");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the supervisor never watched the child"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_micros(2_000 + rand::random::<u64>() % 10_000));
+        std::thread::sleep(Duration::from_micros(
+            2_000 + rand::random::<u64>() % 10_000,
+        ));
     } else {
         std::thread::sleep(pause_before_kill());
     }
@@ -173,7 +182,11 @@ fn redeliver(kills: usize, sup: Supervision, watched: bool) -> Vec<Duration> {
             child.kill();
             (t0, h.join().unwrap())
         });
-        assert_eq!(r.ok(), Some((Ok((0, i)), true)), "kill {i}: the held message comes back");
+        assert_eq!(
+            r.ok(),
+            Some((Ok((0, i)), true)),
+            "kill {i}: the held message comes back"
+        );
         lat.push(t1.duration_since(t0));
         verbose("redeliver", sup, watched, i, t1.duration_since(t0));
         child.expect_killed("by the benchmark");

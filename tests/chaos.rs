@@ -74,7 +74,9 @@ fn chaos_producer() -> ! {
                     Err(shmq::TrySendError::Full) => {
                         std::thread::sleep(Duration::from_micros(rng.gen_range(20..300)))
                     }
-                    Err(shmq::TrySendError::Disconnected) => break Err(shmq::SendError::Disconnected),
+                    Err(shmq::TrySendError::Disconnected) => {
+                        break Err(shmq::SendError::Disconnected)
+                    }
                     Err(e) => panic!("producer {id}: try_send: {e}"),
                     Ok(()) => break Ok(()),
                 }
@@ -447,7 +449,10 @@ fn random_sigkills_and_restarts_lose_nothing_acknowledged() {
         redelivered += copies.iter().filter(|g| g.redelivered).count();
         if k > 1 {
             let unflagged = copies.iter().filter(|g| !g.redelivered).count();
-            let by_killed = copies.iter().filter(|g| killed_consumers.contains(&g.by)).count();
+            let by_killed = copies
+                .iter()
+                .filter(|g| killed_consumers.contains(&g.by))
+                .count();
             if unflagged > 1 || by_killed < k - 1 {
                 errors.push(format!(
                     "{} seq {seq} delivered {k} times, {unflagged} not marked as redelivery, {by_killed} to killed consumers: {copies:?}",
@@ -456,14 +461,13 @@ fn random_sigkills_and_restarts_lose_nothing_acknowledged() {
             }
         }
     }
-    let by_point = c
-        .lives
-        .iter()
-        .filter(|l| l.died() && !l.killed_by_us)
-        .fold(BTreeMap::<&str, u32>::new(), |mut m, l| {
+    let by_point = c.lives.iter().filter(|l| l.died() && !l.killed_by_us).fold(
+        BTreeMap::<&str, u32>::new(),
+        |mut m, l| {
             *m.entry(l.crash.map_or("?", |c| c.0)).or_default() += 1;
             m
-        });
+        },
+    );
     eprintln!(
         "chaos: {} incarnations, {kills} SIGKILLs and {pauses} SIGSTOPs by the test, self-kills at crash points {by_point:?}",
         c.lives.len()

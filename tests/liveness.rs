@@ -52,7 +52,11 @@ fn resuming_producer_child() -> ! {
     fill_payload(&mut loan[..], 1, 3);
     emit("loaned");
     wait_for_file(std::path::Path::new(&param("SHMQ_T_GO")));
-    assert_eq!(check(&loan), Ok((1, 3)), "the loan's bytes changed while stopped");
+    assert_eq!(
+        check(&loan),
+        Ok((1, 3)),
+        "the loan's bytes changed while stopped"
+    );
     loan.send().unwrap();
     for seq in 4..6 {
         tx.send(&payload(1, seq, mixed_size(1, seq))).unwrap();
@@ -70,7 +74,11 @@ fn resuming_consumer_child() -> ! {
     let (id, seq) = check(&m).unwrap();
     emit(&format!("holding {id} {seq}"));
     wait_for_file(std::path::Path::new(&param("SHMQ_T_GO")));
-    assert_eq!(check(&m), Ok((id, seq)), "the held message changed while stopped");
+    assert_eq!(
+        check(&m),
+        Ok((id, seq)),
+        "the held message changed while stopped"
+    );
     assert!(!m.is_redelivery());
     drop(m); // the ack must still work: the slot is still ours
     drop(rx);
@@ -93,7 +101,10 @@ fn headless_holder_child() -> ! {
     // SAFETY: installs a handler that only makes a raw syscall, then signals the main
     // thread (tid == pid), which is parked in the test harness and holds no lock of ours.
     unsafe {
-        libc::signal(libc::SIGUSR1, exit_this_thread as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGUSR1,
+            exit_this_thread as *const () as libc::sighandler_t,
+        );
         libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGUSR1);
     }
     wait_until(|| proc_stat(pid).map(|s| s.0) == Some(b'Z'));
@@ -126,7 +137,11 @@ fn process_whose_main_thread_exited_is_alive_while_another_thread_runs() {
     c.expect("ready");
     tx.send(&payload(0, 0, 3000)).unwrap();
     c.expect("headless");
-    assert_eq!(proc_stat(c.pid()).map(|s| s.0), Some(b'Z'), "the leader shows as a zombie");
+    assert_eq!(
+        proc_stat(c.pid()).map(|s| s.0),
+        Some(b'Z'),
+        "the leader shows as a zombie"
+    );
     // Give the supervisor thread (pidfd + 100 ms rescans) time to misjudge it.
     std::thread::sleep(Duration::from_millis(500));
     let sup = shmq::Supervisor::open(&g.name).unwrap();
@@ -244,7 +259,9 @@ fn squat_pid(target: i32) -> Result<Squatter, String> {
             break;
         }
     }
-    Err(format!("{why}; cycling through {pid_max} pids did not reach {target} in time"))
+    Err(format!(
+        "{why}; cycling through {pid_max} pids did not reach {target} in time"
+    ))
 }
 
 /// A producer child (Manual supervision) sends two messages and keeps a loan; the test
@@ -298,7 +315,11 @@ fn pid_reuse(test: &str, inherit: bool) {
     let a_pid = a.pid();
     let (_, a_start) = proc_stat(a_pid).expect("a is running");
     let sup = shmq::Supervisor::open(&g.name).unwrap();
-    assert_eq!(sup.run_once().unwrap(), 0, "a live producer must not be recovered");
+    assert_eq!(
+        sup.run_once().unwrap(),
+        0,
+        "a live producer must not be recovered"
+    );
     if heir.is_some() {
         // The inherited lock alone already answers "alive" for a's records.
         let info = shmq::info::inspect(&g.name).unwrap();
@@ -341,7 +362,10 @@ fn pid_reuse(test: &str, inherit: bool) {
     };
 
     let n = sup.run_once().unwrap();
-    assert_eq!(n, 2, "the dead producer's monitor and sender records are recovered");
+    assert_eq!(
+        n, 2,
+        "the dead producer's monitor and sender records are recovered"
+    );
     for seq in 0..2 {
         let m = rx.recv().unwrap();
         assert_eq!(check(&m), Ok((1, seq)));
@@ -416,7 +440,12 @@ fn zombie(test: &str, sup: Supervision) {
                 ("SHMQ_T_HOLD", "1".into()),
                 (
                     "SHMQ_T_SUP",
-                    if sup == Supervision::Manual { "manual" } else { "thread" }.into(),
+                    if sup == Supervision::Manual {
+                        "manual"
+                    } else {
+                        "thread"
+                    }
+                    .into(),
                 ),
             ],
         ),
@@ -428,9 +457,7 @@ fn zombie(test: &str, sup: Supervision) {
     let is_zombie = || proc_stat(h.pid()).map(|s| s.0) == Some(b'Z');
     // The leader shows Z as soon as it has exited; wait until every thread of the killed
     // process is gone too (the last one out closes its files and so drops its locks).
-    let tasks = |pid: i32| {
-        std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
-    };
+    let tasks = |pid: i32| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
     wait_until(|| is_zombie() && tasks(h.pid()) == 1);
     let m = match sup {
         Supervision::Thread => {
@@ -446,8 +473,17 @@ fn zombie(test: &str, sup: Supervision) {
         Supervision::Manual => {
             let s = shmq::Supervisor::open(&g.name).unwrap();
             let info = shmq::info::inspect(&g.name).unwrap();
-            assert_eq!(info.dead(), 2, "the zombie's records are seen dead: {:?}", info.participants);
-            assert_eq!(s.run_once().unwrap(), 2, "the zombie's monitor and receiver are recovered");
+            assert_eq!(
+                info.dead(),
+                2,
+                "the zombie's records are seen dead: {:?}",
+                info.participants
+            );
+            assert_eq!(
+                s.run_once().unwrap(),
+                2,
+                "the zombie's monitor and receiver are recovered"
+            );
             rx.try_recv().expect("the held message is back")
         }
     };
@@ -506,7 +542,11 @@ fn stopped_participants_are_not_recovered_and_resume_with_their_loan_and_message
     c.expect("ready");
     let mut p = Proc::spawn_test(TEST, "producer", "resuming-producer", &env(&g.name, &go));
     p.expect("loaned");
-    assert_eq!(c.expect("holding"), "1 0", "the only consumer got the first message");
+    assert_eq!(
+        c.expect("holding"),
+        "1 0",
+        "the only consumer got the first message"
+    );
     p.signal(libc::SIGSTOP);
     c.signal(libc::SIGSTOP);
     wait_until(|| stopped(p.pid()) && stopped(c.pid()));
@@ -522,7 +562,10 @@ fn stopped_participants_are_not_recovered_and_resume_with_their_loan_and_message
             }
         }
         while let Ok(m) = rx.try_recv() {
-            assert!(!m.is_redelivery(), "nothing may be redelivered while its holder is stopped");
+            assert!(
+                !m.is_redelivery(),
+                "nothing may be redelivered while its holder is stopped"
+            );
             match check(&m).unwrap() {
                 (1, s) => got_p.push(s),
                 (0, _) => {}
@@ -534,12 +577,28 @@ fn stopped_participants_are_not_recovered_and_resume_with_their_loan_and_message
     }
     assert!(stopped(p.pid()) && stopped(c.pid()));
     let info = shmq::info::inspect(&g.name).unwrap();
-    assert_eq!(info.dead(), 0, "stopped participants look alive: {:?}", info.participants);
+    assert_eq!(
+        info.dead(),
+        0,
+        "stopped participants look alive: {:?}",
+        info.participants
+    );
     assert_eq!(info.recoveries, 0);
-    assert_eq!(info.slot_states[1..], [1, 1, 0], "the loan and the held message are still theirs");
-    assert_eq!(got_p, vec![1, 2], "the producer's queued messages went to the others");
+    assert_eq!(
+        info.slot_states[1..],
+        [1, 1, 0],
+        "the loan and the held message are still theirs"
+    );
+    assert_eq!(
+        got_p,
+        vec![1, 2],
+        "the producer's queued messages went to the others"
+    );
     eprintln!("{TEST}: {sent} messages went through while the pair was stopped for 2 s");
-    assert!(sent >= 10 * CAP as u64, "the queue kept working (many laps)");
+    assert!(
+        sent >= 10 * CAP as u64,
+        "the queue kept working (many laps)"
+    );
 
     p.signal(libc::SIGCONT);
     c.signal(libc::SIGCONT);
@@ -548,7 +607,11 @@ fn stopped_participants_are_not_recovered_and_resume_with_their_loan_and_message
     c.expect_success();
     for seq in 3..6 {
         let m = rx.recv().unwrap();
-        assert_eq!(check(&m), Ok((1, seq)), "the loan is sent after SIGCONT, then the rest");
+        assert_eq!(
+            check(&m),
+            Ok((1, seq)),
+            "the loan is sent after SIGCONT, then the rest"
+        );
         assert!(!m.is_redelivery());
     }
     drop(sup);
@@ -581,7 +644,10 @@ fn stopped_producer_holding_a_loan_blocks_no_one_and_takes_no_ring_capacity() {
             tx.try_send(&payload(0, lap * 100 + i, 100)).unwrap();
         }
         assert!(
-            matches!(tx.try_send(&payload(0, 99, 40)), Err(shmq::TrySendError::Full)),
+            matches!(
+                tx.try_send(&payload(0, 99, 40)),
+                Err(shmq::TrySendError::Full)
+            ),
             "lap {lap}: capacity is exactly {CAP} beside a stopped loan"
         );
         for i in 0..CAP as u64 {
