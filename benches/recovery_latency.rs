@@ -18,9 +18,11 @@
 //!   rescan notices the death;
 //! * `Supervision::Manual`: no thread and no other process; the blocked call repairs at
 //!   the end of each 100 ms slice, so expect a uniform 0–100 ms (the kill comes a random
-//!   5–105 ms after the waiter blocked). Every iteration checks
-//! what arrived; the queue is checked (every slot free, exact capacity, clean `/dev/shm`)
-//! at the end of each case.
+//!   5–105 ms after the waiter blocked).
+//!
+//! Every iteration checks what arrived; the queue is checked (every slot free, exact
+//! capacity, clean `/dev/shm`) at the end of each case. `SHMQ_BENCH_VERBOSE=1` prints
+//! every kill.
 //!
 //! `SHMQ_BENCH_KILLS` sets the kills per case (default 100).
 
