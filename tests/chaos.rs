@@ -1,4 +1,5 @@
-//! Chaos: 3 producer processes and 3 consumer processes share a queue while the test
+//! Chaos: 3 producer processes and 3 consumer processes share a queue (at-least-once,
+//! and again at-most-once) while the test
 //! SIGKILLs (and sometimes SIGSTOPs for a moment) random ones and restarts them; a
 //! quarter of the incarnations also carry a random fault-injection point
 //! (`SHMQ_CRASH_AT` / `SHMQ_CRASH_SKIP`) so they die inside the protocol's windows on
@@ -9,7 +10,9 @@
 //! Accounting at the end, over every incarnation's reports:
 //!
 //! * every message whose `send` returned `Ok` (reported before the next send) was
-//!   received at least once, with an intact payload;
+//!   received at least once, with an intact payload (at-most-once: except at most one per
+//!   killed consumer incarnation, and nothing is ever received twice or marked
+//!   redelivered);
 //! * no message was received that its producer never attempted: a producer incarnation
 //!   that reported `n` sends can have seq `n` delivered (committed, then killed before
 //!   reporting) only if it was killed, and nothing beyond;
@@ -23,14 +26,13 @@ mod crash_support;
 use crash_support::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shmq::{Builder, Sender, Supervision};
+use shmq::{Builder, Delivery, Sender, Supervision};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-const TEST: &str = "random_sigkills_and_restarts_lose_nothing_acknowledged";
 const PRODUCERS: usize = 3;
 const CONSUMERS: usize = 3;
 const CAP: usize = 8;
@@ -180,6 +182,7 @@ impl Life {
 }
 
 struct Chaos<'a> {
+    test: &'static str,
     rng: StdRng,
     name: &'a str,
     dir: &'a LogDir,
@@ -232,7 +235,7 @@ impl Chaos<'_> {
             Kind::Producer => "chaos-producer",
             Kind::Consumer => "chaos-consumer",
         };
-        let proc = Proc::spawn_test(TEST, &label, role, &env);
+        let proc = Proc::spawn_test(self.test, &label, role, &env);
         self.lives.push(Life {
             kind,
             label,
@@ -292,26 +295,56 @@ impl Chaos<'_> {
     }
 }
 
+fn child(role: &str) -> ! {
+    match role {
+        "chaos-producer" => chaos_producer(),
+        "chaos-consumer" => chaos_consumer(),
+        r => panic!("unknown role {r}"),
+    }
+}
+
 #[test]
 fn random_sigkills_and_restarts_lose_nothing_acknowledged() {
     if let Some(r) = role() {
-        match r.as_str() {
-            "chaos-producer" => chaos_producer(),
-            "chaos-consumer" => chaos_consumer(),
-            r => panic!("unknown role {r}"),
-        }
+        child(&r)
     }
+    chaos(
+        "random_sigkills_and_restarts_lose_nothing_acknowledged",
+        Delivery::AtLeastOnce,
+    );
+}
+
+#[test]
+fn at_most_once_random_sigkills_lose_only_messages_held_by_killed_consumers() {
+    if let Some(r) = role() {
+        child(&r)
+    }
+    chaos(
+        "at_most_once_random_sigkills_lose_only_messages_held_by_killed_consumers",
+        Delivery::AtMostOnce,
+    );
+}
+
+fn chaos(test: &'static str, delivery: Delivery) {
     let secs = chaos_secs();
-    let _wd = Watchdog::new(TEST, secs + 180);
+    let _wd = Watchdog::new(test, secs + 180);
     let seed: u64 = std::env::var("SHMQ_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    eprintln!("chaos: seed {seed} (replay its choices with SHMQ_CHAOS_SEED={seed}), {secs} s (SHMQ_CHAOS_SECS)");
+    eprintln!(
+        "chaos ({delivery:?}): seed {seed} (replay its choices with SHMQ_CHAOS_SEED={seed}), {secs} s (SHMQ_CHAOS_SECS)"
+    );
     let g = ShmGuard::new("chaos");
     let dir = LogDir::new(&g.name);
-    let (tx, rx) = Builder::new().name(&g.name).capacity(CAP).create().unwrap();
+    let (tx, rx) = Builder::new()
+        .name(&g.name)
+        .capacity(CAP)
+        .delivery(delivery)
+        .create()
+        .unwrap();
     let mut c = Chaos {
+        test,
         rng: StdRng::seed_from_u64(seed),
         name: &g.name,
         dir: &dir,
@@ -411,6 +444,7 @@ fn random_sigkills_and_restarts_lose_nothing_acknowledged() {
     let mut errors = c.failures.clone();
     errors.extend(bad.iter().map(|b| format!("corrupt payload: {b}")));
     let mut ok_sent = 0u64;
+    let mut lost = Vec::new();
     let mut producers: BTreeMap<u64, (&Life, u64)> = BTreeMap::new();
     for l in c.lives.iter().filter(|l| l.kind == Kind::Producer) {
         let seqs = read_producer_log(&l.log);
@@ -419,10 +453,7 @@ fn random_sigkills_and_restarts_lose_nothing_acknowledged() {
         producers.insert(l.id, (l, n));
         for s in 0..n {
             if !t.contains_key(&(l.id, s)) {
-                errors.push(format!(
-                    "{} seq {s}: send returned Ok but it was never received",
-                    l.label
-                ));
+                lost.push(format!("{} seq {s}", l.label));
             }
         }
     }
@@ -447,7 +478,12 @@ fn random_sigkills_and_restarts_lose_nothing_acknowledged() {
         }
         let k = copies.len();
         redelivered += copies.iter().filter(|g| g.redelivered).count();
-        if k > 1 {
+        if delivery == Delivery::AtMostOnce && (k > 1 || copies[0].redelivered) {
+            errors.push(format!(
+                "{} seq {seq}: redelivered under at-most-once: {copies:?}",
+                life.label
+            ));
+        } else if k > 1 {
             let unflagged = copies.iter().filter(|g| !g.redelivered).count();
             let by_killed = copies
                 .iter()
@@ -476,6 +512,28 @@ fn random_sigkills_and_restarts_lose_nothing_acknowledged() {
         "chaos: {ok_sent} sends acknowledged Ok, {} distinct messages received ({in_flight_delivered} committed by producers killed before reporting), {} deliveries, {redelivered} marked redelivered, {leftovers} left for the parent",
         t.len(),
         all.len()
+    );
+    let killed = killed_consumers.len();
+    match delivery {
+        Delivery::AtLeastOnce => errors.extend(
+            lost.iter()
+                .map(|l| format!("{l}: send returned Ok but it was never received")),
+        ),
+        // Each consumer holds one message at a time: a killed one drops at most that one.
+        Delivery::AtMostOnce if lost.len() > killed => errors.push(format!(
+            "{} Ok-sent messages never received, but only {killed} consumers were killed: {lost:?}",
+            lost.len()
+        )),
+        Delivery::AtMostOnce => {}
+    }
+    let info = shmq::info::inspect(&g.name).unwrap();
+    eprintln!(
+        "chaos: {} Ok-sent messages never received (dropped with a killed consumer; {killed} consumers killed); counters: recoveries {}, orphaned {}, dropped {}, discarded {}",
+        lost.len(),
+        info.recoveries,
+        info.orphaned,
+        info.dropped,
+        info.discarded
     );
     assert!(
         errors.is_empty(),
