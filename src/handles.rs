@@ -77,6 +77,78 @@ fn remaining(
     }
 }
 
+/// What `Sender` and `Receiver` share: construction, cloning (a new participant each),
+/// the queue's name and the racy size snapshots.
+macro_rules! handle_common {
+    ($ty:ident, $role:expr, $what:literal) => {
+        impl $ty {
+            pub(crate) fn from_queue(q: User) -> Result<$ty, Error> {
+                Ok($ty {
+                    p: Participant::new(q, $role)?,
+                })
+            }
+
+            #[doc = concat!("Another ", $what, " on the same queue, as a participant of its own.")]
+            ///
+            /// # Errors
+            /// `TooManyParticipants` if every record is taken.
+            pub fn try_clone(&self) -> Result<$ty, Error> {
+                $ty::from_queue(self.p.q.clone())
+            }
+
+            /// The queue's name (what other processes pass to `open`).
+            pub fn name(&self) -> &str {
+                &self.p.q.name
+            }
+
+            /// Messages in the queue right now (a racy snapshot: exact only when nobody is
+            /// sending or receiving). Redelivered messages waiting for a new consumer count
+            /// too.
+            pub fn len(&self) -> usize {
+                queue_len(&self.p.q)
+            }
+
+            /// Whether [`len`](Self::len) is 0 (racy, as `len`).
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+
+            /// Whether [`len`](Self::len) is at least the capacity (racy, as `len`).
+            pub fn is_full(&self) -> bool {
+                self.len() >= self.capacity()
+            }
+
+            /// The exact number of messages the queue holds before `try_send` says `Full`.
+            pub fn capacity(&self) -> usize {
+                self.p.q.dims.geometry.capacity as usize
+            }
+        }
+
+        impl Clone for $ty {
+            #[doc = concat!("Another ", $what, " on the same queue, as a participant of its own.")]
+            ///
+            /// # Panics
+            /// If every participant record of the queue is taken; see `try_clone`.
+            fn clone(&self) -> $ty {
+                self.try_clone()
+                    .unwrap_or_else(|e| panic!("cannot clone shmq::{}: {e}", stringify!($ty)))
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("queue", &self.p.q.name)
+                    .field("participant", &self.p.idx())
+                    .finish()
+            }
+        }
+    };
+}
+
+handle_common!(Sender, Role::Sender, "sender");
+handle_common!(Receiver, Role::Receiver, "receiver");
+
 // ---------------------------------------------------------------------------------------
 // Sender
 
@@ -93,22 +165,7 @@ pub struct Sender {
     p: Arc<Participant>,
 }
 
-impl fmt::Debug for Sender {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sender")
-            .field("queue", &self.p.q.name)
-            .field("participant", &self.p.idx())
-            .finish()
-    }
-}
-
 impl Sender {
-    pub(crate) fn from_queue(q: User) -> Result<Sender, Error> {
-        Ok(Sender {
-            p: Participant::new(q, Role::Sender)?,
-        })
-    }
-
     /// Attaches a new sender to the existing queue `name` (from any process).
     ///
     /// # Errors
@@ -117,19 +174,6 @@ impl Sender {
     /// version can use; `InvalidName`; `PermissionDenied`; `TooManyParticipants`.
     pub fn open(name: &str) -> Result<Sender, Error> {
         crate::Builder::new().name(name).open_sender()
-    }
-
-    /// Another sender on the same queue, as a participant of its own.
-    ///
-    /// # Errors
-    /// `TooManyParticipants` if every record is taken.
-    pub fn try_clone(&self) -> Result<Sender, Error> {
-        Sender::from_queue(self.p.q.clone())
-    }
-
-    /// The queue's name (pass it to [`Receiver::open`] in another process).
-    pub fn name(&self) -> &str {
-        &self.p.q.name
     }
 
     /// The largest message this queue takes, in bytes.
@@ -323,35 +367,6 @@ impl Sender {
             Wait::Ready(()) => Ok(()),
             Wait::TimedOut => Err(AckTimeoutError),
         }
-    }
-
-    /// Messages in the queue right now (a racy snapshot: exact only when nobody is
-    /// sending or receiving). Redelivered messages waiting for a new consumer count too.
-    pub fn len(&self) -> usize {
-        queue_len(&self.p.q)
-    }
-    /// Whether [`len`](Self::len) is 0 (racy, as `len`).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Whether [`len`](Self::len) is at least the capacity (racy, as `len`).
-    pub fn is_full(&self) -> bool {
-        self.len() >= self.capacity()
-    }
-    /// The exact number of messages the queue holds before `try_send` says `Full`.
-    pub fn capacity(&self) -> usize {
-        self.p.q.dims.geometry.capacity as usize
-    }
-}
-
-impl Clone for Sender {
-    /// Another sender on the same queue, as a participant of its own.
-    ///
-    /// # Panics
-    /// If every participant record of the queue is taken; see [`Sender::try_clone`].
-    fn clone(&self) -> Sender {
-        self.try_clone()
-            .unwrap_or_else(|e| panic!("cannot clone shmq::Sender: {e}"))
     }
 }
 
@@ -574,41 +589,13 @@ pub struct Receiver {
     p: Arc<Participant>,
 }
 
-impl fmt::Debug for Receiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Receiver")
-            .field("queue", &self.p.q.name)
-            .field("participant", &self.p.idx())
-            .finish()
-    }
-}
-
 impl Receiver {
-    pub(crate) fn from_queue(q: User) -> Result<Receiver, Error> {
-        Ok(Receiver {
-            p: Participant::new(q, Role::Receiver)?,
-        })
-    }
-
     /// Attaches a new receiver to the existing queue `name` (from any process).
     ///
     /// # Errors
     /// As [`Sender::open`].
     pub fn open(name: &str) -> Result<Receiver, Error> {
         crate::Builder::new().name(name).open_receiver()
-    }
-
-    /// Another receiver on the same queue, as a participant of its own.
-    ///
-    /// # Errors
-    /// `TooManyParticipants` if every record is taken.
-    pub fn try_clone(&self) -> Result<Receiver, Error> {
-        Receiver::from_queue(self.p.q.clone())
-    }
-
-    /// The queue's name.
-    pub fn name(&self) -> &str {
-        &self.p.q.name
     }
 
     fn no_senders(&self) -> bool {
@@ -746,34 +733,6 @@ impl Receiver {
     /// `Timeout`; otherwise as [`recv`](Self::recv).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
         self.recv_until(Some(Instant::now() + timeout))
-    }
-
-    /// Messages in the queue right now (racy; see [`Sender::len`]).
-    pub fn len(&self) -> usize {
-        queue_len(&self.p.q)
-    }
-    /// Whether [`len`](Self::len) is 0 (racy).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Whether [`len`](Self::len) is at least the capacity (racy).
-    pub fn is_full(&self) -> bool {
-        self.len() >= self.capacity()
-    }
-    /// The queue's exact capacity.
-    pub fn capacity(&self) -> usize {
-        self.p.q.dims.geometry.capacity as usize
-    }
-}
-
-impl Clone for Receiver {
-    /// Another receiver on the same queue, as a participant of its own.
-    ///
-    /// # Panics
-    /// If every participant record of the queue is taken; see [`Receiver::try_clone`].
-    fn clone(&self) -> Receiver {
-        self.try_clone()
-            .unwrap_or_else(|e| panic!("cannot clone shmq::Receiver: {e}"))
     }
 }
 
