@@ -143,6 +143,31 @@ fn child_role(role: &str) {
             wait_for_file(dir_file(&format!("exit-{id}")), None);
             drop(tx);
         }
+        // Attaches a sender, then forks a grandchild that closes every inherited
+        // descriptor but keeps the inherited mapping of the header for 1.5 s (as a
+        // fork-then-exec child does until its exec); waits to be killed.
+        "victim_with_lingering_mapping" => {
+            let _tx = shmq::Sender::open(&name).unwrap();
+            // SAFETY: the child calls only async-signal-safe functions, then _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: plain syscalls in the forked child.
+                unsafe {
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                    let ts = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 500_000_000,
+                    };
+                    libc::nanosleep(&ts, std::ptr::null_mut());
+                    libc::_exit(0);
+                }
+            }
+            assert!(pid > 0, "fork failed");
+            write_atomic(dir_file("grandchild"), pid.to_string());
+            touch(dir_file("attached"));
+            std::thread::sleep(Duration::from_secs(60));
+            panic!("victim was not killed");
+        }
         // Attaches (as ROLE) and waits to be killed.
         "victim" => {
             let _h: Box<dyn std::any::Any> = match param("AS").as_str() {
@@ -746,11 +771,24 @@ fn blocked_call_sees_a_killed_peer(test: &str, victim_is_sender: bool) {
         );
         wait_for_file(dir.join("attached"), Some(&mut child));
         let pid = child.pid() as libc::pid_t;
+        let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let k = killed.clone();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
+            k.store(true, std::sync::atomic::Ordering::SeqCst);
             // SAFETY: plain syscall on our own unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         });
+        let early = || {
+            if killed.load(std::sync::atomic::Ordering::SeqCst) {
+                String::new()
+            } else {
+                format!(
+                    "{supervision:?}: Disconnected while the peer process {pid} was alive \
+                     (it is killed 300 ms after the call began)"
+                )
+            }
+        };
         if victim_is_sender {
             drop(tx);
             let r = rx.recv();
@@ -758,6 +796,8 @@ fn blocked_call_sees_a_killed_peer(test: &str, victim_is_sender: bool) {
                 matches!(r, Err(RecvError::Disconnected)),
                 "{supervision:?}: {r:?}"
             );
+            let e = early();
+            assert!(e.is_empty(), "{e}");
             drop(rx);
         } else {
             drop(rx);
@@ -767,6 +807,8 @@ fn blocked_call_sees_a_killed_peer(test: &str, victim_is_sender: bool) {
                 matches!(r, Err(SendError::Disconnected)),
                 "{supervision:?}: {r:?}"
             );
+            let e = early();
+            assert!(e.is_empty(), "{e}");
             drop(tx);
         }
         killer.join().unwrap();
@@ -775,6 +817,46 @@ fn blocked_call_sees_a_killed_peer(test: &str, victim_is_sender: bool) {
         assert!(!st.success());
         g.assert_clean();
     }
+}
+
+/// The last process out unlinks the queue even when a killed peer's header mapping
+/// outlives it for a moment. Here a forked grandchild of the peer holds the mapping (with
+/// no descriptor and no handle) for 1.5 s; the same window opens, briefly, whenever the
+/// kernel tears a killed multi-threaded process down, and made
+/// `blocked_recv_returns_disconnected_when_the_last_sender_process_is_killed` leak its
+/// header now and then under load.
+#[test]
+fn the_last_process_out_unlinks_even_while_a_killed_peers_mapping_lingers() {
+    const TEST: &str = "the_last_process_out_unlinks_even_while_a_killed_peers_mapping_lingers";
+    as_child(child_role);
+    let _wd = Watchdog::new(TEST, LIMIT);
+    let g = ShmGuard::new("linger");
+    let dir = TempDir::new("linger");
+    let (tx, rx) = create(&g, 1);
+    let mut child = Child::spawn(
+        TEST,
+        "victim_with_lingering_mapping",
+        &[("NAME", &g.name()), ("DIR", &dir.path().display())],
+    );
+    wait_for_file(dir.join("attached"), Some(&mut child));
+    let gpid: u32 = std::fs::read_to_string(dir.join("grandchild"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    drop(tx);
+    child.kill();
+    let r = rx.recv();
+    assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
+    drop(rx);
+    // Wait for the grandchild to be gone (or a zombie, which maps nothing).
+    common::wait_until(|| {
+        std::fs::read_to_string(format!("/proc/{gpid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    });
+    g.assert_clean();
 }
 
 #[test]

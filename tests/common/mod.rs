@@ -100,10 +100,61 @@ fn remove_leftovers(name: &str) -> Vec<String> {
 #[track_caller]
 pub fn assert_nothing_left(name: &str) {
     let left = leftovers(name);
-    assert!(
-        left.is_empty(),
-        "queue {name:?} left objects in /dev/shm after every handle was dropped: {left:?}"
-    );
+    if !left.is_empty() {
+        let diag: Vec<String> = left.iter().map(|f| who_holds(f)).collect();
+        panic!(
+            "queue {name:?} left objects in /dev/shm after every handle was dropped: \
+             {left:?}\n{}",
+            diag.join("\n")
+        );
+    }
+}
+
+/// Which processes have `/dev/shm/<file>` open or mapped, and its locks in /proc/locks:
+/// for the message of a failed cleanliness check.
+fn who_holds(file: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new("/dev/shm").join(file);
+    let mut out = format!("  {}:", path.display());
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return out + " (gone meanwhile)";
+    };
+    let ino = meta.ino();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let fds = std::fs::read_dir(p.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+            .count();
+        let mapped = std::fs::read_to_string(p.path().join("maps"))
+            .is_ok_and(|m| m.lines().any(|l| l.ends_with(&path.display().to_string())));
+        if fds > 0 || mapped {
+            let comm = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+            out += &format!(
+                "\n    pid {pid}: {fds} fds, mapped {mapped}; stat {}",
+                comm.split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    for l in locks.lines() {
+        if l.split_whitespace()
+            .nth(5)
+            .and_then(|d| d.rsplit(':').next())
+            .is_some_and(|i| i == ino.to_string())
+        {
+            out += &format!("\n    lock: {l}");
+        }
+    }
+    out
 }
 
 /// Owns a unique queue name; removes whatever of it is left in `/dev/shm` on drop (also
