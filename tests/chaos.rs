@@ -425,7 +425,9 @@ fn chaos(test: &'static str, delivery: Delivery) {
         }
     }
     // Whatever a consumer killed last held comes back to us once it is recovered.
-    wait_until(|| shmq::info::inspect(&g.name).unwrap().dead() == 0);
+    wait_until("every dead participant to be recovered", || {
+        shmq::info::inspect(&g.name).unwrap().dead() == 0
+    });
     let mut bad = Vec::new();
     let mut all = drain(&rx, "parent", &mut bad);
     let leftovers = all.len();

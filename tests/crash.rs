@@ -355,7 +355,9 @@ fn producer_killed_while_opening(test: &str, skip: u64) {
     );
     p2.expect("ready");
     drop(tx);
-    wait_until(|| read_producer_log(&dir.file("p2")).len() as u64 == COUNT / 2);
+    wait_until("p2 to send its first half", || {
+        read_producer_log(&dir.file("p2")).len() as u64 == COUNT / 2
+    });
     let mut p1_env = env(
         &g.name,
         &[
@@ -660,14 +662,14 @@ fn consumer_killed_while_reclaiming_an_orphan_has_it_redelivered_again() {
     drop(tx);
     c0.expect_killed("at recv.claimed");
     // ... which the supervisors make ORPHAN ...
-    wait_until(|| orphans() == 1);
+    wait_until("the held message to become ORPHAN", || orphans() == 1);
     // ... C1 reclaims it first thing and dies right there ...
     let mut c1_env = env(&g.name, &[("SHMQ_T_LOG", dir.file_str("c1"))]);
     c1_env.extend(crash_env("orphan.claim", 0));
     let mut c1 = Proc::spawn_test(TEST, "c1", "consumer", &c1_env);
     c1.expect_killed("at orphan.claim");
     // ... so it is ORPHAN again, and C2 and the parent finish.
-    wait_until(|| orphans() == 1);
+    wait_until("the held message to become ORPHAN", || orphans() == 1);
     let mut c2 = Proc::spawn_test(
         TEST,
         "c2",
@@ -754,7 +756,9 @@ fn at_most_once_drops_the_message_a_sigkilled_consumer_held() {
     c.kill();
     c.expect_killed("by the test");
     // The parent's supervisor thread recovers it.
-    wait_until(|| shmq::info::inspect(&g.name).unwrap().participants.len() == 3);
+    wait_until("the killed consumer to be recovered", || {
+        shmq::info::inspect(&g.name).unwrap().participants.len() == 3
+    });
     let info = shmq::info::inspect(&g.name).unwrap();
     assert_eq!(info.dropped, 1, "the held message is counted as dropped");
     assert_eq!(

@@ -107,7 +107,9 @@ fn headless_holder_child() -> ! {
         );
         libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGUSR1);
     }
-    wait_until(|| proc_stat(pid).map(|s| s.0) == Some(b'Z'));
+    wait_until("the main thread to exit", || {
+        proc_stat(pid).map(|s| s.0) == Some(b'Z')
+    });
     emit("headless");
     wait_for_file(std::path::Path::new(&param("SHMQ_T_GO")));
     assert_eq!(check(&m), Ok((0, 0)));
@@ -382,7 +384,9 @@ fn pid_reuse(test: &str, inherit: bool) {
             libc::kill(h, libc::SIGKILL);
             if libc::waitpid(h, std::ptr::null_mut(), 0) != h {
                 // Not adopted after all: wait until the kernel has ended it.
-                wait_until(|| proc_stat(h).map_or(true, |(s, _)| s == b'Z'));
+                wait_until("the heir to die", || {
+                    proc_stat(h).map_or(true, |(s, _)| s == b'Z')
+                });
             }
         }
         unregister_pid(h);
@@ -458,7 +462,9 @@ fn zombie(test: &str, sup: Supervision) {
     // The leader shows Z as soon as it has exited; wait until every thread of the killed
     // process is gone too (the last one out closes its files and so drops its locks).
     let tasks = |pid: i32| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
-    wait_until(|| is_zombie() && tasks(h.pid()) == 1);
+    wait_until("the killed child to be a zombie", || {
+        is_zombie() && tasks(h.pid()) == 1
+    });
     let m = match sup {
         Supervision::Thread => {
             // The supervisor thread alone must notice and recover it.
@@ -549,13 +555,16 @@ fn stopped_participants_are_not_recovered_and_resume_with_their_loan_and_message
     );
     p.signal(libc::SIGSTOP);
     c.signal(libc::SIGSTOP);
-    wait_until(|| stopped(p.pid()) && stopped(c.pid()));
+    wait_until("both children to stop", || {
+        stopped(p.pid()) && stopped(c.pid())
+    });
 
     // Two seconds of traffic (and supervision) around the stopped pair.
     let sup = shmq::Supervisor::open(&g.name).unwrap();
     let t0 = Instant::now();
     let (mut sent, mut got_p) = (0u64, Vec::new());
-    while t0.elapsed() < Duration::from_secs(2) {
+    // At least 2 s, and at least 10 laps of the ring, however slow the machine.
+    while t0.elapsed() < Duration::from_secs(2) || sent < 10 * CAP as u64 {
         for _ in 0..CAP {
             if tx.try_send(&payload(0, sent, mixed_size(0, sent))).is_ok() {
                 sent += 1;
@@ -594,10 +603,9 @@ fn stopped_participants_are_not_recovered_and_resume_with_their_loan_and_message
         vec![1, 2],
         "the producer's queued messages went to the others"
     );
-    eprintln!("{TEST}: {sent} messages went through while the pair was stopped for 2 s");
-    assert!(
-        sent >= 10 * CAP as u64,
-        "the queue kept working (many laps)"
+    eprintln!(
+        "{TEST}: {sent} messages went through while the pair was stopped for {:.1} s",
+        t0.elapsed().as_secs_f64()
     );
 
     p.signal(libc::SIGCONT);
@@ -634,7 +642,7 @@ fn stopped_producer_holding_a_loan_blocks_no_one_and_takes_no_ring_capacity() {
     let mut p = Proc::spawn_test(TEST, "stopped", "resuming-producer", &env(&g.name, &go));
     p.expect("loaned");
     p.signal(libc::SIGSTOP);
-    wait_until(|| stopped(p.pid()));
+    wait_until("the producer to stop", || stopped(p.pid()));
     for seq in 0..3 {
         assert_eq!(check(&rx.recv().unwrap()), Ok((1, seq)));
     }

@@ -493,9 +493,16 @@ pub fn describe(st: &ExitStatus) -> String {
     }
 }
 
-/// Polls `cond` every millisecond until it holds (run under a [`Watchdog`]).
-pub fn wait_until(mut cond: impl FnMut() -> bool) {
+/// Polls `cond` every millisecond until it holds; panics naming `what` if it still does
+/// not after a minute (far beyond anything expected: this only turns a hang into a
+/// clear failure).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
     while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "still waiting after 60 s for {what}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
