@@ -567,6 +567,8 @@ pub fn check(buf: &[u8], seed: u64) -> Result<(), String> {
 }
 
 const PAGE: usize = 4096;
+/// Mixed into the seed of stamped words ("STAMP").
+const STAMP_SALT: u64 = 0x0053_5441_4d50;
 /// Bytes fully patterned at each end of a stamped buffer.
 const STAMP_EDGE: usize = 64 * 1024;
 
@@ -588,7 +590,7 @@ fn stamp_offsets(len: usize) -> impl Iterator<Item = usize> {
 pub fn stamp(buf: &mut [u8], seed: u64) {
     let len = buf.len();
     for o in stamp_offsets(len) {
-        buf[o..o + 8].copy_from_slice(&word(seed ^ 0x5354_414d_50, o as u64).to_le_bytes());
+        buf[o..o + 8].copy_from_slice(&word(seed ^ STAMP_SALT, o as u64).to_le_bytes());
     }
     let edge = STAMP_EDGE.min(len);
     fill(&mut buf[..edge], seed);
@@ -606,7 +608,7 @@ pub fn check_stamps(buf: &[u8], seed: u64) -> Result<(), String> {
         if o + 8 <= edge || o + 8 > len - edge {
             continue; // covered by the edges, which overwrote the stamp
         }
-        let want = word(seed ^ 0x5354_414d_50, o as u64).to_le_bytes();
+        let want = word(seed ^ STAMP_SALT, o as u64).to_le_bytes();
         if buf[o..o + 8] != want {
             return Err(format!(
                 "stamp at byte offset {o} of {len}: got {:02x?}, want {want:02x?}",
