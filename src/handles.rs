@@ -5,7 +5,7 @@ use crate::error::{
     TrySendError,
 };
 use crate::layout::{part_gen, sender_idx, sender_word, Role, SlotState};
-use crate::queue::{Queue, Reg, Supervision, User};
+use crate::queue::{Queue, Reg, User};
 use crate::ring::{self, RingError};
 use crate::segment::{self, GrowError, Seg};
 use crate::slots;
@@ -51,19 +51,20 @@ impl Drop for Participant {
 }
 
 /// The time-left callback of `wait::block_on` for a deadline: sleeps are capped at the
-/// queue's wait slice; in [`Supervision::Manual`] mode each slice ends with a repair pass
-/// so a dead peer is noticed even when nobody else supervises.
+/// queue's wait slice, and once per slice of waiting the waiter runs a repair pass itself,
+/// so a dead peer is noticed even when nobody else supervises (and, in `Thread` mode,
+/// before the supervisor has started watching a young peer).
 fn remaining(
     q: &Queue,
     deadline: Option<Instant>,
 ) -> impl FnMut() -> Option<Option<Duration>> + '_ {
     let slice = q.wait_slice();
-    let mut first = true;
+    let mut last_repair = Instant::now();
     move || {
-        if !first && q.supervision == Supervision::Manual {
+        if last_repair.elapsed() >= slice {
             let _ = crate::supervisor::repair(q);
+            last_repair = Instant::now();
         }
-        first = false;
         match deadline {
             None => Some(Some(slice)),
             Some(d) => {
@@ -575,7 +576,7 @@ impl Drop for Loan {
             let q = &self.p.q;
             let s = q.shared();
             slots::free(&s, self.slot, self.word);
-            wait::notify(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+            wait::notify_all(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
         }
     }
 }
@@ -614,7 +615,7 @@ impl Receiver {
         match ring::claim(&s, me) {
             Ok(c) => {
                 crate::fault::point("recv.claimed");
-                wait::notify(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+                wait::notify_all(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
                 self.build(c.slot, c.word, false).map(Some)
             }
             Err(RingError::Empty) | Err(RingError::Full) => Ok(None),
@@ -644,13 +645,18 @@ impl Receiver {
                 Err(e) => {
                     // Could not map it here (out of descriptors or address space?): hand
                     // the message back for redelivery rather than lose it.
-                    s.ctl.counters.orphans.fetch_add(1, AcqRel);
                     let orphan = crate::layout::slot_word(
                         crate::layout::slot_gen(word),
                         SlotState::Orphan,
                         crate::layout::OWNER_NONE,
                     );
-                    let _ = rec.word.compare_exchange(word, orphan, AcqRel, Relaxed);
+                    if rec
+                        .word
+                        .compare_exchange(word, orphan, AcqRel, Relaxed)
+                        .is_ok()
+                    {
+                        s.ctl.counters.orphans.fetch_add(1, AcqRel);
+                    }
                     return Err(e);
                 }
             }
@@ -819,6 +825,11 @@ impl Drop for Message {
                 wait::bump(&q.futex, &sr.ack_seq);
             }
         }
-        wait::notify_fenced(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+        wait::notify_fenced(
+            &q.futex,
+            &s.ctl.not_full,
+            q.bitmap(&s.ctl.not_full_waiters),
+            true,
+        );
     }
 }

@@ -235,6 +235,22 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     Some(ProcStat { state, start_time })
 }
 
+/// Threads of process `pid` that are not zombies (0 if it is gone).
+pub fn live_tasks(pid: u32) -> usize {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].trim_start().bytes().next());
+            !matches!(state, None | Some(b'Z') | Some(b'X'))
+        })
+        .count()
+}
+
 /// Opens a pidfd for `pid` (Linux ≥ 5.3); `None` if unsupported or gone.
 pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: plain syscall; on success it returns a new descriptor we take ownership of.

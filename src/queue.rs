@@ -231,7 +231,7 @@ impl Queue {
                     e,
                 )
             })?;
-            let map = os::Mapping::new(&file, g.total_size)
+            let map = map_header(&file, g.total_size)
                 .map_err(|e| Error::io("cannot map the queue header", e))?;
             init_header(&map, &g, o);
             let final_path = os::header_path(&name);
@@ -308,8 +308,8 @@ impl Queue {
                     ),
                 ));
             }
-            let map = os::Mapping::new(&file, len)
-                .map_err(|e| Error::io("cannot map the queue header", e))?;
+            let map =
+                map_header(&file, len).map_err(|e| Error::io("cannot map the queue header", e))?;
             let dims = validate(&map, len)
                 .map_err(|e| Error::new(e.kind(), format!("{}: {}", path.display(), e)))?;
             return Queue::finish_attach(name.to_string(), map, file, ino, dims, supervision);
@@ -379,9 +379,13 @@ impl Queue {
         }
         let pid = rec.pid.load(Ordering::Relaxed);
         let start = rec.start_time.load(Ordering::Relaxed);
+        // A zombie *leader* is not a dead process while other threads of it run (the
+        // leader shows `Z` as soon as the main thread exits): count its live tasks.
         let gone = match os::proc_stat(pid) {
             None => true,
-            Some(st) => st.start_time != start || st.state == b'Z' || st.state == b'X',
+            Some(st) if st.start_time != start => true,
+            Some(st) if st.state == b'Z' || st.state == b'X' => os::live_tasks(pid) == 0,
+            Some(_) => false,
         };
         gone && rec.state.load(Ordering::Acquire) == w
     }
@@ -471,11 +475,12 @@ impl Queue {
     }
 
     /// How long one futex sleep may last before the waiter looks at its peers itself.
+    ///
+    /// 100 ms in both modes: in `Thread` mode the supervisor hears of a death at once
+    /// through pidfds, but only for peers it has started watching (it looks for new ones
+    /// every 250 ms), so a blocked waiter also checks on a young peer itself.
     pub fn wait_slice(&self) -> Duration {
-        match self.supervision {
-            Supervision::Thread => Duration::from_millis(500),
-            Supervision::Manual => Duration::from_millis(100),
-        }
+        Duration::from_millis(100)
     }
 }
 
@@ -610,6 +615,16 @@ pub(crate) fn attached() -> Vec<Arc<Queue>> {
         .filter_map(Weak::upgrade)
         .filter(|q| !q.detached.load(LocalOrdering::Relaxed))
         .collect()
+}
+
+/// Maps the header through a description of its own, never through `probe`, the one that
+/// holds our lifecycle lock: a mapping keeps its description alive, and OFD locks live as
+/// long as their description, so a header mapped through `probe` would keep our lock
+/// alive after we are gone for as long as any copy of the mapping lingers (a killed
+/// multi-threaded process being torn down, a forked child), and the last process out
+/// would fail to unlink.
+fn map_header(probe: &File, len: u64) -> std::io::Result<os::Mapping> {
+    os::Mapping::new(&os::reopen(probe)?, len)
 }
 
 /// The algorithms' view of a validated header mapping.

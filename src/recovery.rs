@@ -14,7 +14,7 @@
 //!     LOANED(g, d):
 //!       if pos[s] != NONE and cell[i(pos)] == F(l(pos), s): leave it            (V1a)
 //!       else: CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)                            (V1b)
-//!     HELD(g, d), at-least-once: orphans += 1; CAS w -> ORPHAN(g)               (V2a)
+//!     HELD(g, d), at-least-once: CAS w -> ORPHAN(g); orphans += 1               (V2a)
 //!     HELD(g, d), at-most-once:  CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)         (V2b)
 //!   clear d's bits in both waiter bitmaps; ack_waiting[d] = 0                    (V3)
 //!   CAS state[d]: a -> FREE(gen(a)+1); roster_epoch += 1                          (V4)
@@ -38,9 +38,12 @@
 //! makes the final CAS of V1b fail. So "leave it" and "free it" are each right at the
 //! moment the CAS decides.
 //!
-//! V2a raises the `orphans` hint *before* the slot becomes ORPHAN so the hint is never
-//! below the truth for long: a recovery killed between the two leaves the hint one too
-//! high, which the next empty scan resets (`slots::claim_orphan`).
+//! V2a raises the `orphans` hint *after* the slot becomes ORPHAN. In the other order a
+//! receiver could read the raised hint, scan before the slot changes, find nothing and
+//! reset the hint to 0 (`slots::claim_orphan`), stranding the message. In this order a
+//! receiver that reset the hint did so before the raise, or its reset CAS fails. A
+//! recovery killed between the two leaves an ORPHAN slot with the hint too low; every
+//! repair pass recounts ORPHAN slots and raises the hint to match ([`heal_orphan_hint`]).
 
 use crate::layout::{
     part_role, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState, POS_NONE,
@@ -99,10 +102,10 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
                 }
             }
             Some(SlotState::Held) if !q.at_most_once => {
-                // V2a: hint first.
-                q.ctl.counters.orphans.fetch_add(1, AcqRel);
+                // V2a: the slot first, then the hint (see the module doc).
                 let orphan = slot_word(slot_gen(w), SlotState::Orphan, crate::layout::OWNER_NONE);
                 if rec.word.compare_exchange(w, orphan, AcqRel, Relaxed).is_ok() {
+                    q.ctl.counters.orphans.fetch_add(1, AcqRel);
                     r.orphaned += 1;
                 }
             }
@@ -165,14 +168,28 @@ pub fn return_held(q: &Shared<'_>, d: u16) -> u64 {
             let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
             crate::layout::slot_freed(w)
         } else {
-            q.ctl.counters.orphans.fetch_add(1, AcqRel);
             slot_word(slot_gen(w), SlotState::Orphan, crate::layout::OWNER_NONE)
         };
         if rec.word.compare_exchange(w, next, AcqRel, Relaxed).is_ok() {
+            if !q.at_most_once {
+                q.ctl.counters.orphans.fetch_add(1, AcqRel);
+            }
             n += 1;
         }
     }
     q.ctl.not_empty.fetch_add(1, Release);
     q.ctl.not_full.fetch_add(1, Release);
     n
+}
+
+/// Raises the `orphans` hint to at least the number of ORPHAN slots (a recovery killed
+/// between V2a's two steps leaves it low). Only raises: a hint above the truth heals by
+/// itself at the next empty scan.
+pub fn heal_orphan_hint(q: &Shared<'_>) {
+    let n = crate::slots::census(q)[SlotState::Orphan as usize];
+    let h = q.ctl.counters.orphans.load(Acquire);
+    if n > h {
+        q.ctl.counters.orphans.fetch_add(n - h, AcqRel);
+        q.ctl.not_empty.fetch_add(1, Release);
+    }
 }

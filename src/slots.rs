@@ -159,7 +159,8 @@ pub fn claim_orphan(q: &Shared<'_>, me: u16, start: usize) -> Option<(u32, u64)>
         }
     }
     // Nothing found: the hint is stale. Reset it unless it changed meanwhile (recovery
-    // raises it *before* it makes a slot ORPHAN, so a concurrent orphaning keeps it up).
+    // raises it *after* it makes a slot ORPHAN, so an orphaning our scan missed raised it
+    // after our load, and this CAS fails).
     let _ = q
         .ctl
         .counters

@@ -44,6 +44,7 @@ pub(crate) fn repair(q: &Queue) -> Result<usize, Error> {
             dead.push((i as u16, w));
         }
     }
+    crate::recovery::heal_orphan_hint(&s);
     let mut n = 0;
     for (i, w) in dead {
         if recover_one(q, i, w) {

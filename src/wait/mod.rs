@@ -152,24 +152,39 @@ pub fn block_on_counted<T, F: Futex>(
 }
 
 /// Wakes a waiter of `seq` if any bit in `waiters` is set. Call after the state change
-/// the waiters poll for, once per unit made available (a message, a free cell or slot).
+/// the waiters poll for, once per unit made available (a message).
 ///
-/// One wake per unit is enough: a woken waiter always polls before it can give up (it
-/// only leaves `block_on` when `poll` succeeds or, after polling, when its time is up),
-/// so the unit is either taken by the woken waiter or by someone already awake. Peers
-/// leaving and recovery use [`bump`], which wakes everyone.
+/// One wake per unit is enough when every waiter of the word waits for the same kind of
+/// unit: a woken waiter always polls before it can give up (it only leaves `block_on`
+/// when `poll` succeeds or, after polling, when its time is up), so the unit is taken by
+/// the woken waiter or by someone already awake. Words whose waiters wait for different
+/// things use [`notify_all`]; peers leaving and recovery use [`bump`].
 pub fn notify<F: Futex>(futex: &F, seq: &AtomicU32, waiters: &[AtomicU64]) {
     // SYNC POINT: eventcount (pairs with the fence in `block_on`).
     fence(Ordering::SeqCst);
-    notify_fenced(futex, seq, waiters)
+    notify_fenced(futex, seq, waiters, false)
 }
 
-/// [`notify`] without its fence, for a caller that notifies several words after one
-/// state change and has issued `fence(SeqCst)` itself after that change.
-pub fn notify_fenced<F: Futex>(futex: &F, seq: &AtomicU32, waiters: &[AtomicU64]) {
+/// [`notify`] that wakes every waiter: for a word whose waiters poll for different
+/// things (`not_full`: a free ring cell for a loan being sent, a free payload slot for a
+/// new loan), where the one woken might not be one the change helps.
+pub fn notify_all<F: Futex>(futex: &F, seq: &AtomicU32, waiters: &[AtomicU64]) {
+    // SYNC POINT: eventcount (pairs with the fence in `block_on`).
+    fence(Ordering::SeqCst);
+    notify_fenced(futex, seq, waiters, true)
+}
+
+/// [`notify`] (or, with `all`, [`notify_all`]) without the fence, for a caller that
+/// notifies several words after one state change and has issued `fence(SeqCst)` itself
+/// after that change.
+pub fn notify_fenced<F: Futex>(futex: &F, seq: &AtomicU32, waiters: &[AtomicU64], all: bool) {
     if waiters.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
         seq.fetch_add(1, Ordering::Release);
-        futex.wake_one(seq);
+        if all {
+            futex.wake_all(seq);
+        } else {
+            futex.wake_one(seq);
+        }
     }
 }
 
