@@ -392,6 +392,39 @@ fn child_role(role: &str) {
         // Opens copies of a real header with hostile words written over it, and uses
         // whatever opens. Anything but a panic, a signal or a hang is fine.
         "fuzz" => fuzz_child(),
+        // Opens each of NAMES as soon as it exists (a sender for even ones, a receiver
+        // for odd ones) and exchanges one message with the creator. Anything but NotFound
+        // before that is a half-built queue showing; Disconnected after it, a queue shown
+        // before its creator's handles were attached.
+        "eager_opener" => {
+            for (i, name) in param("NAMES").split(',').enumerate() {
+                let open = || {
+                    if i % 2 == 0 {
+                        shmq::Sender::open(name).map(|h| Box::new(h) as Box<dyn std::any::Any>)
+                    } else {
+                        shmq::Receiver::open(name).map(|h| Box::new(h) as Box<dyn std::any::Any>)
+                    }
+                };
+                let h = loop {
+                    match open() {
+                        Ok(h) => break h,
+                        Err(e) if e.kind() == ErrorKind::NotFound => std::hint::spin_loop(),
+                        Err(e) => panic!("opening {name:?} while it is created: {e:?}"),
+                    }
+                };
+                if let Some(tx) = h.downcast_ref::<shmq::Sender>() {
+                    tx.send(b"hi").unwrap_or_else(|e| {
+                        panic!("send on {name:?} right after it appeared (its creator holds a receiver): {e}")
+                    });
+                } else {
+                    let rx = h.downcast_ref::<shmq::Receiver>().unwrap();
+                    let m = rx.recv().unwrap_or_else(|e| {
+                        panic!("recv on {name:?} right after it appeared (its creator holds a sender): {e}")
+                    });
+                    assert_eq!(&*m, b"hi");
+                }
+            }
+        }
         "expect_open" => {
             let name = param("NAME");
             if param("EXPECT") == "ok" {
@@ -475,6 +508,51 @@ fn hostile_words_in_a_copied_header_give_errors_not_crashes() {
         "fuzz: {}",
         std::fs::read_to_string(dir.join("stats")).unwrap_or_default()
     );
+}
+
+#[test]
+fn a_queue_being_created_is_never_seen_half_built() {
+    const TEST: &str = "a_queue_being_created_is_never_seen_half_built";
+    as_child(child_role);
+    let _wd = Watchdog::new(TEST, LIMIT);
+    let guards: Vec<ShmGuard> = (0..200).map(|_| ShmGuard::new("eager")).collect();
+    let names: Vec<&str> = guards.iter().map(|g| g.name()).collect();
+    let mut child = Child::spawn(TEST, "eager_opener", &[("NAMES", &names.join(","))]);
+    for (i, g) in guards.iter().enumerate() {
+        std::thread::sleep(Duration::from_micros(mix(i as u64) % 3000));
+        let (tx, rx) = shmq::Builder::new()
+            .name(g.name())
+            .capacity(2)
+            .slots(8 + i)
+            .create()
+            .unwrap();
+        if i % 2 == 0 {
+            let m = loop {
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(m) => break m,
+                    Err(shmq::RecvTimeoutError::Timeout) if child.is_running() => {}
+                    Err(e) => {
+                        child.wait_ok();
+                        panic!("queue #{i}: {e}");
+                    }
+                }
+            };
+            assert_eq!(&*m, b"hi");
+        } else {
+            tx.send(b"hi").unwrap();
+            while tx.wait_for_acks(Some(Duration::from_millis(20))).is_err() {
+                if !child.is_running() {
+                    child.wait_ok();
+                    panic!("queue #{i}: the child exited before receiving");
+                }
+            }
+        }
+        drop((tx, rx));
+    }
+    child.wait_ok();
+    for g in &guards {
+        g.assert_clean();
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Shared harness for the multi-process integration tests.
 //!
 //! * [`ShmGuard`] owns a unique queue name (`t-<tag>-<pid>-<n>-<random>`); on drop it
-//!   removes `/dev/shm/shmq.<name>` and every `/dev/shm/shmq.<name>.*`, so a failing test
+//!   removes `/dev/shm/shmq.<name>`, every `/dev/shm/shmq.<name>.*` and any other entry
+//!   naming it (see [`leftovers`]), so a failing test
 //!   leaves no trace. [`ShmGuard::assert_clean`] is the check a passing test makes after
 //!   dropping its handles and reaping its children: the library must have removed
 //!   everything itself.
@@ -70,16 +71,15 @@ pub fn header_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm/shmq.{name}"))
 }
 
-/// Every object in `/dev/shm` that belongs to queue `name`: `shmq.<name>` and
-/// `shmq.<name>.*` (names cannot contain `.`, so this matches no other queue).
+/// Every object in `/dev/shm` that belongs to queue `name`: `shmq.<name>`,
+/// `shmq.<name>.*`, and any other entry naming it as a dot-separated component (such as a
+/// creator's temporary file). Names cannot contain `.`, so no other queue matches.
 pub fn leftovers(name: &str) -> Vec<String> {
-    let exact = format!("shmq.{name}");
-    let prefix = format!("shmq.{name}.");
     let mut found = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/dev/shm") {
         for e in dir.flatten() {
             let f = e.file_name().to_string_lossy().into_owned();
-            if f == exact || f.starts_with(&prefix) {
+            if f.split('.').any(|part| part == name) {
                 found.push(f);
             }
         }
