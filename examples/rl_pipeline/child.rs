@@ -1,17 +1,17 @@
-//! The two child roles. Each attaches to the queue, says `ready`, waits for `go`, works,
-//! then prints its report line (see `report.rs`). Diagnostics go to stderr; stdout is
-//! the protocol.
+//! The actor and learner processes (the replay buffer is in `replay.rs`), and what every
+//! child does first: attach, open its journal, say `ready` on stdout, wait for `go` on
+//! stdin. Diagnostics go to stderr; stdout is the protocol with the parent, the journal
+//! is the record of what was done (see `journal.rs`).
 
-use crate::cli::Options;
-use crate::payload;
-use crate::report::{ActorReport, LearnerReport};
+use crate::cli::{Options, Role};
+use crate::journal::{self, Journal, Rec};
+use crate::payload::{self, TrajId};
 use shmq::{Receiver, RecvError, SendError, Sender};
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Instant;
 
-/// Tells the parent we are attached, then blocks until it says `go`.
-fn ready_then_wait_for_go() -> Result<(), String> {
+/// Tells the parent this child is attached, then blocks until it says `go`.
+pub fn ready_then_wait_for_go() -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")
         .and_then(|_| out.flush())
@@ -28,97 +28,99 @@ fn ready_then_wait_for_go() -> Result<(), String> {
     }
 }
 
-fn say(line: &str) -> Result<(), String> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
-        .and_then(|_| out.flush())
-        .map_err(|e| format!("cannot send the report: {e}"))
-}
-
-/// Sends batches for `--seconds` (or until `stop`), each rendered in place in a loan.
+/// Sends trajectories until `stop` (SIGTERM from the parent at the end of the run, or
+/// Ctrl-C), each rendered in place in a loan and journaled once its send returned `Ok`.
 pub fn actor(o: &Options, stop: &AtomicBool) -> Result<(), String> {
-    let tx = Sender::open(&o.queue).map_err(|e| format!("cannot open queue {:?}: {e}", o.queue))?;
-    let elems = o.elems();
-    let len = payload::message_bytes(elems);
+    let tx =
+        Sender::open(&o.queues[0]).map_err(|e| format!("cannot open the trajectory queue: {e}"))?;
+    let journal = Journal::create(&o.dir, Role::Actor, o.id, o.inc)?;
+    let (steps, obs) = (o.steps(), o.obs_elems());
+    let words = payload::traj_words(steps, obs);
     ready_then_wait_for_go()?;
-    let start = Instant::now();
-    let deadline = start + o.duration();
-    let mut seq = 0u64;
-    while Instant::now() < deadline && !stop.load(Relaxed) {
-        let mut loan = tx.loan(len).map_err(|e| match e {
-            SendError::Disconnected => "every learner is gone".to_string(),
-            e => format!("loan: {e}"),
-        })?;
-        let words = loan
-            .cast_mut::<u32>()
-            .map_err(|e| format!("loan as u32: {e}"))?;
-        payload::write(words, o.id, seq);
-        loan.send().map_err(|u| format!("send: {}", u.error))?;
+    // Without a replay buffer (it is being restarted) the parent's own receiver keeps the
+    // queue connected: sends block while it is full, and go on once a new one drains it.
+    // `Disconnected` therefore means the parent is gone too, and so is the run.
+    let gone = || {
+        if stop.load(Relaxed) {
+            Ok(())
+        } else {
+            Err("nobody receives trajectories any more".to_string())
+        }
+    };
+    let mut seq = 0u32;
+    while !stop.load(Relaxed) {
+        let mut loan = match tx.loan_slice::<u32>(words) {
+            Ok(l) => l,
+            Err(SendError::Disconnected) => return gone(),
+            Err(e) => return Err(format!("loan: {e}")),
+        };
+        let id = TrajId {
+            actor: o.id,
+            inc: o.inc,
+            seq,
+        };
+        let w = loan.cast_mut::<u32>().map_err(|e| e.to_string())?;
+        payload::write_traj(w, &id, steps, obs);
+        match loan.send() {
+            Ok(()) => journal.append(Rec::new(journal::SENT_TRAJ, o.id, o.inc, seq))?,
+            Err(u) if matches!(u.error, SendError::Disconnected) => return gone(),
+            Err(u) => return Err(format!("send: {}", u.error)),
+        }
         seq += 1;
     }
-    let secs = start.elapsed().as_secs_f64();
-    // Leave before reporting: once every actor is gone, learners see `Disconnected`.
-    drop(tx);
-    say(&ActorReport {
-        id: o.id,
-        sent: seq,
-        bytes: seq * len as u64,
-        secs,
-    }
-    .to_line())
+    // Dropping `tx` on this thread, the one that used it, leaves the queue.
+    Ok(())
 }
 
-/// Receives and verifies batches until every actor is gone and the queue is empty (also
-/// after a signal: the actors stop, and the learners drain what they sent).
+/// Receives batches until the replay buffer is gone and the queue is empty
+/// (`Disconnected`), checks every trajectory in each (the stand-in for a training step),
+/// journals it, then acks it by dropping it. A learner ignores Ctrl-C and SIGTERM: it
+/// drains what the replay buffer sent, so that nothing whose send returned `Ok` is left
+/// behind.
 pub fn learner(o: &Options) -> Result<(), String> {
     let rx =
-        Receiver::open(&o.queue).map_err(|e| format!("cannot open queue {:?}: {e}", o.queue))?;
-    let elems = o.elems();
+        Receiver::open(&o.queues[1]).map_err(|e| format!("cannot open the batch queue: {e}"))?;
+    let journal = Journal::create(&o.dir, Role::Learner, o.id, o.inc)?;
+    let (n, steps, obs) = (o.batch as usize, o.steps(), o.obs_elems());
     ready_then_wait_for_go()?;
-    let mut r = LearnerReport {
-        id: o.id,
-        ..Default::default()
-    };
-    // Per actor: the next sequence number this learner may see (FIFO per producer).
-    let mut next_seq = vec![0u64; o.actors as usize];
+    let mut complaints = 0;
     loop {
         let msg = match rx.recv() {
             Ok(m) => m,
             Err(RecvError::Disconnected) => break,
             Err(e) => return Err(format!("recv: {e}")),
         };
-        r.received += 1;
-        r.bytes += msg.len() as u64;
-        r.redelivered += msg.is_redelivery() as u64;
+        let flag = if msg.is_redelivery() {
+            journal::REDELIVERED
+        } else {
+            0
+        };
         let checked = msg
             .cast::<u32>()
             .map_err(|e| e.to_string())
-            .and_then(|w| payload::verify(w, elems));
-        match checked {
-            Ok(st) if (st.actor as usize) < next_seq.len() => {
-                let lat = payload::now_ns().saturating_sub(st.sent_at_ns);
-                r.lat_sum_ns += lat;
-                r.lat_max_ns = r.lat_max_ns.max(lat);
-                let next = &mut next_seq[st.actor as usize];
-                if st.seq < *next {
-                    r.reordered += 1;
-                }
-                *next = st.seq + 1;
-                r.per_actor.entry(st.actor).or_default().add(st.seq);
-            }
-            Ok(st) => {
-                eprintln!("[learner {}] message from unknown actor {}", o.id, st.actor);
-                r.corrupt += 1;
+            .and_then(|w| payload::verify_batch(w, n, steps, obs));
+        let rec = match checked {
+            Ok(b) => {
+                let lat_us = payload::now_ns().saturating_sub(b.made_at_ns) / 1000;
+                Rec::new(
+                    journal::GOT_BATCH | flag,
+                    b.inc,
+                    b.seq,
+                    lat_us.min(u32::MAX as u64) as u32,
+                )
             }
             Err(e) => {
-                if r.corrupt < 5 {
-                    eprintln!("[learner {}] corrupt message: {e}", o.id);
+                if complaints < 5 {
+                    eprintln!("[learner {}] corrupt batch: {e}", o.id);
                 }
-                r.corrupt += 1;
+                complaints += 1;
+                Rec::new(journal::BAD_BATCH | flag, 0, 0, 0)
             }
-        }
-        // Dropping `msg` is the ack: its slot goes back to the actors.
+        };
+        journal.append(rec)?;
+        // Dropping `msg` is the ack: its slot goes back to the replay buffer. A kill
+        // before this line has the batch redelivered to another learner.
+        drop(msg);
     }
-    drop(rx);
-    say(&r.to_line())
+    Ok(())
 }

@@ -1,224 +1,329 @@
-//! The parent: creates the queue, starts the children by re-executing this program with a
-//! role, starts them all at once, collects their reports, reaps them, and leaves
-//! `/dev/shm` clean. Children are killed and reaped on every failure path (an error, a
-//! timeout, a panic, Ctrl-C).
+//! The parent: creates the two queues and the journal directory, starts the children by
+//! re-executing this program with a role, starts them all at once, kills and restarts
+//! them under `--chaos`, shows the progress, stops the pipeline, reaps every child and
+//! leaves `/dev/shm` clean. Children are SIGKILLed and reaped on every failure path (an
+//! error, a timeout, a panic, a second Ctrl-C).
+//!
+//! **Stopping.** At the end of `--seconds` (or on Ctrl-C / SIGTERM) the parent first
+//! stops the chaos and waits until every killed child has been restarted and is running,
+//! then:
+//!
+//! 1. drops its own four handles (see below) and sends SIGTERM to the actors, which finish
+//!    the trajectory they are sending, journal it and leave;
+//! 2. once every actor is gone, the replay buffer's `recv` says `Disconnected`: it stops
+//!    serving batches and leaves (its buffered messages are acked as it goes);
+//! 3. once the replay buffer is gone, the learners drain the batch queue until
+//!    `Disconnected` and leave;
+//! 4. the parent reaps them all, reads the journals, takes a last look at the queues
+//!    (`shmq::info::inspect`), and drops its `Supervisor`s: the last process out unlinks
+//!    the queues.
+//!
+//! **The parent's handles.** During the run the parent holds a sender and a receiver on
+//! each queue, and never uses them. They keep every queue "connected" while a role is
+//! being restarted: with the replay buffer dead, actors block on a full queue instead of
+//! getting `Disconnected`, and learners wait instead of concluding that the batches are
+//! over. The parent's `Supervisor` on each queue keeps the queue in `/dev/shm` until the
+//! parent has read its final counters.
 
 use crate::cli::{Options, Role};
+use crate::display::{Display, Snapshot};
+use crate::ledger::Ledger;
 use crate::payload;
-use crate::report::Report;
+use nix::sys::signal::Signal;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long children get to attach and say `ready`.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long after the actors' sending time the parent waits for every report.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the wind-down may take once the actors were told to stop.
+const WIND_DOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The main loop's period.
+const TICK: Duration = Duration::from_millis(50);
 
-/// One started child.
+/// A line from a child incarnation's stdout: slot, incarnation, line.
+struct Event(usize, u32, String);
+
+/// One running child process.
 struct Proc {
-    role: Role,
-    id: u32,
+    inc: u32,
     child: Child,
     stdin: Option<ChildStdin>,
     ready: bool,
-    report: Option<Report>,
-    status: Option<ExitStatus>,
+    started: bool,
 }
 
-impl Proc {
+/// A place in the pipeline (a role and an index), filled by successive incarnations.
+struct Slot {
+    role: Role,
+    id: u32,
+    proc: Option<Proc>,
+    next_inc: u32,
+    /// Killed; to be restarted at this time.
+    restart_at: Option<Instant>,
+}
+
+impl Slot {
     fn label(&self) -> String {
         format!("{} {}", self.role.as_str(), self.id)
     }
 }
 
-/// A line from a child's stdout, or its end.
-enum Event {
-    Line(usize, String),
-    Eof(usize),
-}
-
-/// Every child of this run. Dropping it kills and reaps whichever are still running.
+/// Every child of this run. Dropping it SIGKILLs and reaps whichever are still running.
 pub struct Children {
-    procs: Vec<Proc>,
-    /// Pids of unreaped children, for the Ctrl-C handler (which cannot reach `procs`).
-    pids: Arc<Mutex<Vec<u32>>>,
+    slots: Vec<Slot>,
     events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
+    /// Whether `go` was given: children that say `ready` later get it at once.
+    go: bool,
+    /// `(role, id, incarnation)` of every child the parent SIGKILLed.
+    pub killed: BTreeSet<(Role, u32, u32)>,
 }
 
 impl Children {
-    pub fn new(pids: Arc<Mutex<Vec<u32>>>) -> Children {
+    pub fn new() -> Children {
         let (events_tx, events) = mpsc::channel();
         Children {
-            procs: Vec::new(),
-            pids,
+            slots: Vec::new(),
             events,
             events_tx,
+            go: false,
+            killed: BTreeSet::new(),
         }
     }
 
-    /// Starts `role` number `id`: this program again, with a role on its command line.
-    pub fn spawn(&mut self, o: &Options, role: Role, id: u32, queue: &str) -> Result<(), String> {
+    fn add(&mut self, o: &Options, role: Role, id: u32) -> Result<(), String> {
+        self.slots.push(Slot {
+            role,
+            id,
+            proc: None,
+            next_inc: 0,
+            restart_at: None,
+        });
+        self.spawn(self.slots.len() - 1, o)
+    }
+
+    /// Starts the next incarnation of slot `i`: this program again, with a role.
+    fn spawn(&mut self, i: usize, o: &Options) -> Result<(), String> {
+        let slot = &mut self.slots[i];
+        let inc = slot.next_inc;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         let mut child = Command::new(exe)
-            .args(o.child_args(role, id, queue))
+            .args(o.child_args(slot.role, slot.id, inc))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start {} {id}: {e}", role.as_str()))?;
-        self.pids.lock().unwrap().push(child.id());
-        let idx = self.procs.len();
+            .map_err(|e| format!("cannot start {}: {e}", slot.label()))?;
         let out = child.stdout.take().expect("piped stdout");
         let events = self.events_tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                if events.send(Event::Line(idx, line)).is_err() {
+                if events.send(Event(i, inc, line)).is_err() {
                     return;
                 }
             }
-            let _ = events.send(Event::Eof(idx));
         });
-        self.procs.push(Proc {
-            role,
-            id,
+        slot.next_inc += 1;
+        slot.restart_at = None;
+        slot.proc = Some(Proc {
+            inc,
             stdin: child.stdin.take(),
             child,
             ready: false,
-            report: None,
-            status: None,
+            started: false,
         });
         Ok(())
     }
 
-    /// Waits until every child has said `ready`.
-    pub fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !self.procs.iter().all(|p| p.ready) {
-            match self.next_event(deadline, "to attach to the queue")? {
-                Event::Line(i, l) if l == "ready" => self.procs[i].ready = true,
-                Event::Line(i, l) => {
-                    return Err(format!(
-                        "{} said {l:?} before `ready`",
-                        self.procs[i].label()
-                    ))
-                }
-                Event::Eof(i) => return Err(self.died(i, "before it was ready")),
-            }
-        }
-        Ok(())
-    }
-
-    /// Tells every child to start.
-    pub fn go(&mut self) -> Result<(), String> {
-        for p in &mut self.procs {
-            let stdin = p.stdin.as_mut().expect("stdin kept until go");
-            stdin
-                .write_all(b"go\n")
-                .and_then(|_| stdin.flush())
-                .map_err(|e| format!("cannot start {}: {e}", p.label()))?;
-        }
-        Ok(())
-    }
-
-    /// Waits for every child's report; returns them in spawn order.
-    pub fn collect_reports(&mut self, deadline: Instant) -> Result<Vec<Report>, String> {
-        while self.procs.iter().any(|p| p.report.is_none()) {
-            match self.next_event(deadline, "to finish and report")? {
-                Event::Line(i, l) if l.starts_with("report ") => {
-                    let r = Report::parse(&l)?;
-                    self.procs[i].report = Some(r);
-                }
-                // Room for later protocol lines (periodic stats for a live display).
-                Event::Line(i, l) => eprintln!("[{}] {l}", self.procs[i].label()),
-                Event::Eof(i) if self.procs[i].report.is_none() => {
-                    return Err(self.died(i, "without a report"))
-                }
-                Event::Eof(_) => {}
-            }
-        }
-        Ok(self
-            .procs
-            .iter()
-            .map(|p| p.report.clone().unwrap())
-            .collect())
-    }
-
-    fn next_event(&mut self, deadline: Instant, what: &str) -> Result<Event, String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.events.recv_timeout(left).map_err(|_| {
-            let late: Vec<String> = self
-                .procs
-                .iter()
-                .filter(|p| !p.ready || p.report.is_none())
-                .map(Proc::label)
-                .collect();
-            format!("timed out waiting for {} {what}", late.join(", "))
-        })
-    }
-
-    /// An error for child `i`, whose stdout closed early, with its exit status.
-    fn died(&mut self, i: usize, when: &str) -> String {
-        let status = self.reap_one(i, Instant::now() + Duration::from_secs(2));
-        format!("{} exited {when} ({status})", self.procs[i].label())
-    }
-
-    /// Waits for child `i` until `deadline`, then kills it. Returns how it ended.
-    fn reap_one(&mut self, i: usize, deadline: Instant) -> String {
-        let p = &mut self.procs[i];
-        if p.status.is_none() {
-            p.stdin = None; // EOF: a child still waiting for `go` gives up
-            let status = loop {
-                match p.child.try_wait() {
-                    Ok(Some(s)) => break Some(s),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Ok(None) => {
-                        let _ = p.child.kill();
-                        break p.child.wait().ok();
-                    }
-                    Err(_) => break None,
-                }
+    /// Handles the children's lines until `until`: `ready` is answered with `go` once the
+    /// run has started; anything else is shown.
+    fn pump(&mut self, until: Instant) {
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            // (An exit is noticed by `reap`.)
+            let Ok(Event(i, inc, line)) = self.events.recv_timeout(left) else {
+                return;
             };
-            self.pids.lock().unwrap().retain(|&pid| pid != p.child.id());
-            p.status = status;
-        }
-        match p.status {
-            Some(s) => s.to_string(),
-            None => "exit status unknown".into(),
-        }
-    }
-
-    /// Reaps every child (killing any still running at `deadline`). `Err` lists the
-    /// children that did not exit successfully.
-    pub fn reap_all(&mut self, deadline: Instant) -> Result<(), String> {
-        let mut bad = Vec::new();
-        for i in 0..self.procs.len() {
-            let how = self.reap_one(i, deadline);
-            if !self.procs[i].status.is_some_and(|s| s.success()) {
-                bad.push(format!("{} ({how})", self.procs[i].label()));
+            let go = self.go;
+            let slot = &mut self.slots[i];
+            let label = slot.label();
+            match &mut slot.proc {
+                Some(p) if p.inc == inc && line == "ready" => {
+                    p.ready = true;
+                    if go {
+                        start(p, &label);
+                    }
+                }
+                _ => eprintln!("[{label}.{inc}] {line}"),
             }
         }
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("children failed: {}", bad.join(", ")))
+    }
+
+    /// Waits until every child is ready (attached, journal open), then starts them all.
+    fn start_all(&mut self, signals: &AtomicUsize) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.all_ready() {
+            if signals.load(Ordering::SeqCst) >= 2 {
+                return Err("interrupted twice: children killed".into());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "timed out waiting for {} to attach",
+                    self.not_ready().join(", ")
+                ));
+            }
+            self.pump(Instant::now() + TICK);
+            if let Some((_, s, inc, status)) = self.reap().into_iter().next() {
+                return Err(format!(
+                    "{s} (incarnation {inc}) exited at the start: {status}"
+                ));
+            }
+        }
+        self.go = true;
+        for slot in &mut self.slots {
+            let label = slot.label();
+            if let Some(p) = &mut slot.proc {
+                start(p, &label);
+            }
+        }
+        Ok(())
+    }
+
+    fn all_ready(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.proc.as_ref().is_some_and(|p| p.ready))
+    }
+
+    fn not_ready(&self) -> Vec<String> {
+        let slots = self.slots.iter();
+        slots
+            .filter(|s| !s.proc.as_ref().is_some_and(|p| p.ready))
+            .map(Slot::label)
+            .collect()
+    }
+
+    /// No restart is pending and every running child has been started.
+    fn settled(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.restart_at.is_none() && s.proc.as_ref().map_or(true, |p| p.started))
+    }
+
+    /// Collects the children that exited: `(role, label, incarnation, status)`.
+    fn reap(&mut self) -> Vec<(Role, String, u32, ExitStatus)> {
+        let mut out = Vec::new();
+        for slot in &mut self.slots {
+            let label = slot.label();
+            let Some(p) = &mut slot.proc else { continue };
+            match p.child.try_wait() {
+                Ok(Some(status)) => {
+                    out.push((slot.role, label, p.inc, status));
+                    slot.proc = None;
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: waiting for {label}: {e}"),
+            }
+        }
+        out
+    }
+
+    /// SIGKILLs slot `i`'s process, reaps it, and schedules its restart after `delay`.
+    /// Returns a line saying what was done.
+    fn kill(&mut self, i: usize, delay: Duration) -> String {
+        let slot = &mut self.slots[i];
+        let Some(mut p) = slot.proc.take() else {
+            return String::new();
+        };
+        let pid = p.child.id();
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        self.killed.insert((slot.role, slot.id, p.inc));
+        slot.restart_at = Some(Instant::now() + delay);
+        format!(
+            "chaos: SIGKILL {} (incarnation {}, pid {pid}), restart in {} ms",
+            slot.label(),
+            p.inc,
+            delay.as_millis()
+        )
+    }
+
+    /// Restarts the killed children whose time has come (all of them if `now_all`).
+    fn restart_due(&mut self, o: &Options, now_all: bool) -> Result<(), String> {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .restart_at
+                .is_some_and(|t| now_all || t <= now)
+            {
+                self.spawn(i, o)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A random running child to kill: an actor or a learner mostly, the replay buffer
+    /// now and then.
+    fn pick_victim(&self, rng: &mut StdRng) -> Option<usize> {
+        let role = match rng.gen_range(0..100) {
+            0..=44 => Role::Actor,
+            45..=84 => Role::Learner,
+            _ => Role::Replay,
+        };
+        let alive: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].role == role && self.slots[i].proc.is_some())
+            .collect();
+        (!alive.is_empty()).then(|| alive[rng.gen_range(0..alive.len())])
+    }
+
+    fn signal(&self, role: Role, sig: Signal) {
+        for s in self.slots.iter().filter(|s| s.role == role) {
+            if let Some(p) = &s.proc {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.child.id() as i32), sig);
+            }
         }
     }
 
-    /// Kills and reaps every child still running (the failure path).
+    fn running(&self) -> usize {
+        self.slots.iter().filter(|s| s.proc.is_some()).count()
+    }
+
+    /// `(running, slots)` of `role`.
+    fn alive(&self, role: Role) -> (usize, usize) {
+        let of_role = self.slots.iter().filter(|s| s.role == role);
+        let running = of_role.clone().filter(|s| s.proc.is_some()).count();
+        (running, of_role.count())
+    }
+
+    /// Incarnations started per slot, keyed by `(role, id)`.
+    pub fn incarnations(&self) -> BTreeMap<(Role, u32), u32> {
+        self.slots
+            .iter()
+            .map(|s| ((s.role, s.id), s.next_inc))
+            .collect()
+    }
+
+    /// SIGKILLs and reaps every child still running (the failure path).
     pub fn kill_all(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.child.kill();
+        for slot in &mut self.slots {
+            if let Some(p) = &mut slot.proc {
+                let _ = p.child.kill();
+            }
         }
-        let now = Instant::now();
-        for i in 0..self.procs.len() {
-            self.reap_one(i, now);
+        for slot in &mut self.slots {
+            if let Some(mut p) = slot.proc.take() {
+                let _ = p.child.wait();
+            }
+            slot.restart_at = None;
         }
     }
 }
@@ -229,73 +334,272 @@ impl Drop for Children {
     }
 }
 
-/// Kills and reaps the children listed in `pids` (the Ctrl-C path, from the signal thread).
-pub fn kill_pids(pids: &Mutex<Vec<u32>>) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::sys::wait::waitpid;
-    use nix::unistd::Pid;
-    let pids = std::mem::take(&mut *pids.lock().unwrap_or_else(|e| e.into_inner()));
-    for &pid in &pids {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+/// Sends `go` to a ready child.
+fn start(p: &mut Proc, label: &str) {
+    if p.started {
+        return;
     }
-    for &pid in &pids {
-        let _ = waitpid(Pid::from_raw(pid as i32), None);
+    p.started = true;
+    if let Some(stdin) = &mut p.stdin {
+        if let Err(e) = stdin.write_all(b"go\n").and_then(|_| stdin.flush()) {
+            // It died meanwhile: `reap` will say so.
+            eprintln!("warning: cannot start {label}: {e}");
+        }
     }
+    p.stdin = None; // nothing more to say
 }
 
-/// What a successful run measured.
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Stopping: chaos over, waiting for the last restarts to be running.
+    Settling,
+    /// The actors were told to stop; waiting for every child to leave.
+    WindDown,
+}
+
+/// What a run measured.
 pub struct Outcome {
-    pub queue: String,
-    pub reports: Vec<Report>,
-    /// From `go` to the last report.
-    pub elapsed: Duration,
+    pub ledger: Ledger,
+    pub killed: BTreeSet<(Role, u32, u32)>,
+    pub incarnations: BTreeMap<(Role, u32), u32>,
+    /// From `go` to the stop.
+    pub running: Duration,
+    /// From `go` to the last child's exit.
+    pub total: Duration,
+    pub stopped_by: String,
+    /// The queues' last snapshots, after every child left.
+    pub traj_q: Option<shmq::info::QueueInfo>,
+    pub batch_q: Option<shmq::info::QueueInfo>,
 }
 
-/// Runs the pipeline. The queue is gone from `/dev/shm` when this returns, `Ok` or not
-/// (see `check_clean` in main.rs).
-pub fn run(o: &Options, pids: Arc<Mutex<Vec<u32>>>, queue: &mut String) -> Result<Outcome, String> {
-    let elems = o.elems();
-    let len = payload::message_bytes(elems) as u64;
-    let (tx, rx) = shmq::Builder::new()
-        .capacity(o.capacity)
-        .max_message_size(len)
-        .create()
-        .map_err(|e| format!("cannot create the queue: {e}"))?;
-    *queue = tx.name().to_string();
-    // The parent's own attachment: it keeps the queue in /dev/shm until the children are
-    // reaped, without counting as a sender or receiver, and can repair the queue.
-    let sup = shmq::Supervisor::open(tx.name()).map_err(|e| format!("supervisor: {e}"))?;
-    let mut handles = Some((tx, rx));
-    // Declared last, dropped first: children are killed and reaped before the queue goes.
-    let mut kids = Children::new(pids);
+/// A fresh directory for the journals.
+pub fn make_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "rl_pipeline-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
 
+/// Runs the pipeline with `o.queues` and `o.dir` set by the caller. The queues are gone
+/// from `/dev/shm` when this returns, `Ok` or not (checked by the caller). `signals`
+/// counts SIGINT/SIGTERM: one stops the run cleanly, two kill the children at once.
+pub fn run(o: &Options, signals: &AtomicUsize, display: &mut Display) -> Result<Outcome, String> {
+    let (steps, obs) = (o.steps(), o.obs_elems());
+    let traj = payload::traj_bytes(steps, obs) as u64;
+    let batch =
+        (payload::batch_words(o.batch as usize, payload::traj_words(steps, obs)) * 4) as u64;
+    let participants = 2 * (o.actors + o.learners + 1) as usize + 16;
+    // The replay buffer holds up to `buffer` messages on top of the ring and the loans.
+    let traj_slots = o.buffer + 2 * o.capacity + 16;
+    let batch_slots = 2 * o.capacity + 16;
+    let traj_pair = shmq::Builder::new()
+        .name(o.queues[0].clone())
+        .capacity(o.capacity)
+        .slots(traj_slots)
+        .max_message_size(traj)
+        .max_payload_bytes(traj * traj_slots as u64)
+        .max_participants(participants)
+        .create()
+        .map_err(|e| format!("cannot create the trajectory queue: {e}"))?;
+    let batch_pair = shmq::Builder::new()
+        .name(o.queues[1].clone())
+        .capacity(o.capacity)
+        .slots(batch_slots)
+        .max_message_size(batch)
+        .max_payload_bytes(batch * batch_slots as u64)
+        .max_participants(participants)
+        .create()
+        .map_err(|e| format!("cannot create the batch queue: {e}"))?;
+    let supervise = |q: &str| shmq::Supervisor::open(q).map_err(|e| format!("supervisor: {e}"));
+    let _sups = (supervise(&o.queues[0])?, supervise(&o.queues[1])?);
+    let mut handles = Some((traj_pair, batch_pair));
+    // Declared after the handles, dropped before them: children are killed and reaped
+    // before the queues can go.
+    let mut kids = Children::new();
+
+    kids.add(o, Role::Replay, 0)?;
     for id in 0..o.learners {
-        kids.spawn(o, Role::Learner, id, queue)?;
+        kids.add(o, Role::Learner, id)?;
     }
     for id in 0..o.actors {
-        kids.spawn(o, Role::Actor, id, queue)?;
+        kids.add(o, Role::Actor, id)?;
     }
-    kids.wait_ready()?;
-    // Every child is attached: drop our sender and receiver so that the learners see
-    // `Disconnected` once the actors are done (and the actors, if every learner dies).
-    handles.take();
-    let start = Instant::now();
-    kids.go()?;
-    let reports = kids.collect_reports(start + o.duration() + DRAIN_GRACE)?;
-    let elapsed = start.elapsed();
-    kids.reap_all(Instant::now() + Duration::from_secs(5))?;
-    // Every child left cleanly, so there is nothing to recover; a record left behind
-    // would mean a handle was not released on exit.
-    match sup.run_once() {
-        Ok(0) => {}
-        Ok(n) => eprintln!("warning: {n} participant records were left behind by the children"),
-        Err(e) => eprintln!("warning: recovery: {e}"),
+    kids.start_all(signals)?;
+    let t_go = Instant::now();
+    let dir = PathBuf::from(&o.dir);
+    let mut ledger = Ledger::default();
+    let mut rng = match o.seed {
+        Some(s) => StdRng::seed_from_u64(s),
+        None => StdRng::from_entropy(),
+    };
+    let chaos_gap = |rng: &mut StdRng| Duration::from_millis(rng.gen_range(200..=800));
+    let mut next_kill = o.chaos.then(|| t_go + chaos_gap(&mut rng));
+    let mut phase = Phase::Running;
+    let mut stopped_by = String::new();
+    let (mut t_stop, mut t_phase) = (t_go, t_go);
+    let mut status = Status::new(t_go, traj, batch);
+    loop {
+        kids.pump(Instant::now() + TICK);
+        let now = Instant::now();
+        let sigs = signals.load(Ordering::SeqCst);
+        if sigs >= 2 {
+            kids.kill_all();
+            return Err("interrupted twice: children killed".into());
+        }
+        for (role, who, inc, st) in kids.reap() {
+            let clean = st.success();
+            if phase == Phase::WindDown && clean {
+                continue;
+            }
+            if role == Role::Actor && clean {
+                // Only a signal stops an actor: one the parent did not get (Ctrl-C sent
+                // to the children alone?). Stop the run the same way.
+                if stopped_by.is_empty() {
+                    stopped_by = format!("a signal ({who} stopped)");
+                }
+                continue;
+            }
+            return Err(format!(
+                "{who} (incarnation {inc}) exited unexpectedly: {st}"
+            ));
+        }
+        if phase == Phase::Running {
+            if sigs >= 1 && stopped_by.is_empty() {
+                stopped_by = "a signal".into();
+            }
+            if now >= t_go + o.duration() && stopped_by.is_empty() {
+                stopped_by = "time".into();
+            }
+            if !stopped_by.is_empty() {
+                display.line(&format!(
+                    "stopping ({stopped_by}) after {:.1} s: chaos off, actors stop, queues drain",
+                    now.duration_since(t_go).as_secs_f64()
+                ));
+                phase = Phase::Settling;
+                (t_stop, t_phase) = (now, now);
+                next_kill = None;
+            }
+        }
+        if let Some(t) = next_kill.filter(|&t| now >= t) {
+            if let Some(i) = kids.pick_victim(&mut rng) {
+                let delay = Duration::from_millis(rng.gen_range(50..=250));
+                display.line(&kids.kill(i, delay));
+            }
+            next_kill = Some(t + chaos_gap(&mut rng));
+        }
+        kids.restart_due(o, phase != Phase::Running)?;
+        match phase {
+            Phase::Running => {}
+            Phase::Settling if kids.settled() => {
+                // Step 1 of the stop (see the module doc).
+                handles = None;
+                kids.signal(Role::Actor, Signal::SIGTERM);
+                phase = Phase::WindDown;
+                t_phase = now;
+            }
+            Phase::Settling if now > t_phase + READY_TIMEOUT => {
+                return Err(format!(
+                    "timed out waiting for restarted children: {}",
+                    kids.not_ready().join(", ")
+                ))
+            }
+            Phase::Settling => {}
+            Phase::WindDown if kids.running() == 0 => break,
+            Phase::WindDown if now > t_phase + WIND_DOWN_TIMEOUT => {
+                return Err(format!(
+                    "{} children still running {WIND_DOWN_TIMEOUT:?} after the stop",
+                    kids.running()
+                ))
+            }
+            Phase::WindDown => {}
+        }
+        if now >= status.next {
+            if let Err(e) = ledger.ingest(&dir) {
+                eprintln!("warning: journals: {e}");
+            }
+            let snap = status.snapshot(o, &ledger, &kids, phase, now);
+            display.status(&snap);
+        }
     }
-    drop(kids);
-    drop(sup);
+    let total = t_go.elapsed();
+    drop(handles);
+    ledger.ingest(&dir)?;
+    let traj_q = shmq::info::inspect(&o.queues[0]).ok();
+    let batch_q = shmq::info::inspect(&o.queues[1]).ok();
     Ok(Outcome {
-        queue: queue.clone(),
-        reports,
-        elapsed,
+        ledger,
+        killed: std::mem::take(&mut kids.killed),
+        incarnations: kids.incarnations(),
+        running: t_stop.duration_since(t_go),
+        total,
+        stopped_by,
+        traj_q,
+        batch_q,
     })
+}
+
+/// Builds the live display's snapshots, with rates since the previous one.
+struct Status {
+    t_go: Instant,
+    next: Instant,
+    last: Option<(Instant, crate::ledger::Live)>,
+    traj_bytes: u64,
+    batch_bytes: u64,
+}
+
+impl Status {
+    fn new(t_go: Instant, traj_bytes: u64, batch_bytes: u64) -> Status {
+        Status {
+            t_go,
+            next: t_go + Duration::from_secs(1),
+            last: Some((t_go, Default::default())),
+            traj_bytes,
+            batch_bytes,
+        }
+    }
+
+    fn snapshot(
+        &mut self,
+        o: &Options,
+        ledger: &Ledger,
+        kids: &Children,
+        phase: Phase,
+        now: Instant,
+    ) -> Snapshot {
+        self.next += Duration::from_secs(1);
+        if self.next < now {
+            self.next = now + Duration::from_secs(1);
+        }
+        let live = ledger.live;
+        let (t0, prev) = self.last.replace((now, live)).unwrap_or((now, live));
+        let dt = now.duration_since(t0).as_secs_f64().max(1e-3);
+        let traj_rate = (live.traj_got - prev.traj_got) as f64 / dt;
+        let batch_rate = (live.batch_got - prev.batch_got) as f64 / dt;
+        let traj_q = shmq::info::inspect(&o.queues[0]).ok();
+        let batch_q = shmq::info::inspect(&o.queues[1]).ok();
+        Snapshot {
+            secs: now.duration_since(self.t_go).as_secs_f64(),
+            of_secs: o.seconds,
+            phase: match phase {
+                Phase::Running => "running",
+                Phase::Settling => "stopping",
+                Phase::WindDown => "draining",
+            },
+            traj_rate,
+            traj_gbps: traj_rate * self.traj_bytes as f64 / 1e9,
+            batch_rate,
+            batch_gbps: batch_rate * self.batch_bytes as f64 / 1e9,
+            live,
+            kills: kids.killed.len(),
+            alive: [Role::Actor, Role::Replay, Role::Learner].map(|r| kids.alive(r)),
+            buffer: o.buffer,
+            traj_q,
+            batch_q,
+        }
+    }
 }

@@ -1,159 +1,164 @@
-//! What children tell the parent, one line each on their stdout:
-//!
-//! ```text
-//! ready                                   after attaching to the queue
-//! report actor <id> sent=<n> bytes=<b> secs=<s>
-//! report learner <id> received=<n> bytes=<b> corrupt=<n> reordered=<n> redelivered=<n>
-//!        lat_sum_ns=<ns> lat_max_ns=<ns> a<actor>=<count>:<seq sum>:<seq² sum> ...
-//! ```
-//!
-//! The parent answers `go` on the child's stdin once every child is ready. Sums are
-//! wrapping `u64`: with the counts they tell the parent, per actor, whether the multiset of
-//! sequence numbers received is exactly `0..sent` (nothing lost, nothing twice).
+//! The summary at the end of a run: per-process figures, throughput, the library's
+//! recovery counters, and the accounting (see `ledger.rs`), whose lines
+//! `trajectories: key=value ...`, `batches: key=value ...` and `accounting: exact` are
+//! what tests/rl_pipeline.rs checks.
 
-use std::collections::BTreeMap;
+use crate::cli::{Options, Role};
+use crate::parent::Outcome;
+use shmq::info::QueueInfo;
 
-#[derive(Debug, Clone, Default)]
-pub struct ActorReport {
-    pub id: u32,
-    pub sent: u64,
-    pub bytes: u64,
-    pub secs: f64,
-}
-
-/// What one learner received from one actor.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SeqTally {
-    pub count: u64,
-    pub sum: u64,
-    pub sum_sq: u64,
-}
-
-impl SeqTally {
-    pub fn add(&mut self, seq: u64) {
-        self.count += 1;
-        self.sum = self.sum.wrapping_add(seq);
-        self.sum_sq = self.sum_sq.wrapping_add(seq.wrapping_mul(seq));
-    }
-
-    pub fn merge(&mut self, o: &SeqTally) {
-        self.count += o.count;
-        self.sum = self.sum.wrapping_add(o.sum);
-        self.sum_sq = self.sum_sq.wrapping_add(o.sum_sq);
-    }
-
-    /// The tally of exactly the sequence numbers `0..n`.
-    pub fn exact(n: u64) -> SeqTally {
-        let n = n as u128; // the closed forms fit in u128 for any n below 2^40
-        SeqTally {
-            count: n as u64,
-            sum: (n * n.saturating_sub(1) / 2) as u64,
-            sum_sq: (n.saturating_sub(1) * n * (2 * n).saturating_sub(1) / 6) as u64,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct LearnerReport {
-    pub id: u32,
-    pub received: u64,
-    pub bytes: u64,
-    /// Messages that failed verification (length, magic, checksum, unknown actor).
-    pub corrupt: u64,
-    /// Messages of one actor that arrived at this learner with a sequence number not above
-    /// the previous one (per-producer FIFO is guaranteed without crashes).
-    pub reordered: u64,
-    pub redelivered: u64,
-    pub lat_sum_ns: u64,
-    pub lat_max_ns: u64,
-    pub per_actor: BTreeMap<u32, SeqTally>,
-}
-
-impl ActorReport {
-    pub fn to_line(&self) -> String {
-        format!(
-            "report actor {} sent={} bytes={} secs={}",
-            self.id, self.sent, self.bytes, self.secs
-        )
-    }
-}
-
-impl LearnerReport {
-    pub fn to_line(&self) -> String {
-        let mut s = format!(
-            "report learner {} received={} bytes={} corrupt={} reordered={} redelivered={} \
-             lat_sum_ns={} lat_max_ns={}",
-            self.id,
-            self.received,
-            self.bytes,
-            self.corrupt,
-            self.reordered,
-            self.redelivered,
-            self.lat_sum_ns,
-            self.lat_max_ns
+/// Prints the summary; `false` if the accounting does not add up.
+pub fn summary(o: &Options, out: &Outcome, traj_bytes: u64, batch_bytes: u64) -> bool {
+    let (t, b) = out.ledger.check(&out.killed);
+    let kills = |role: Role, id: Option<u32>| {
+        out.killed
+            .iter()
+            .filter(|k| k.0 == role && id.map_or(true, |i| k.1 == i))
+            .count()
+    };
+    let secs = out.total.as_secs_f64();
+    println!(
+        "summary: {:.2} s running (stopped by {}), {:.2} s to drain and exit",
+        out.running.as_secs_f64(),
+        out.stopped_by,
+        secs - out.running.as_secs_f64()
+    );
+    for (&(role, id), c) in &out.ledger.per_child {
+        let incs = out
+            .incarnations
+            .get(&(role, id))
+            .copied()
+            .unwrap_or(c.incarnations.len() as u32);
+        let life = format!(
+            "{incs} incarnation{}, {} killed",
+            if incs == 1 { "" } else { "s" },
+            kills(role, Some(id))
         );
-        for (a, t) in &self.per_actor {
-            s += &format!(" a{a}={}:{}:{}", t.count, t.sum, t.sum_sq);
+        match role {
+            Role::Actor => println!("  actor {id:>2}    {life}: {} trajectories sent", c.sent),
+            Role::Replay => println!(
+                "  replay {id:>2}   {life}: {} trajectories received ({} redelivered), {} \
+                 batches sent",
+                c.got, c.redelivered, c.sent
+            ),
+            Role::Learner => println!(
+                "  learner {id:>2}  {life}: {} batches received ({} redelivered), latency mean \
+                 {:.1} ms, max {:.1} ms",
+                c.got,
+                c.redelivered,
+                c.lat_sum_us as f64 / c.got.max(1) as f64 / 1e3,
+                c.lat_max_us as f64 / 1e3
+            ),
+            Role::Parent => {}
         }
-        s
+    }
+    println!(
+        "  throughput: actors -> replay {:.0} traj/s, {:.2} GB/s; replay -> learners {:.0} \
+         batches/s, {:.2} GB/s (received, over {secs:.2} s)",
+        t.received as f64 / secs,
+        (t.received * traj_bytes) as f64 / secs / 1e9,
+        b.received as f64 / secs,
+        (b.received * batch_bytes) as f64 / secs / 1e9,
+    );
+    let lib = |q: &Option<QueueInfo>| {
+        q.as_ref().map_or("not readable".to_string(), |q| {
+            format!(
+                "{} recoveries, {} orphaned (to redeliver), {} loans discarded",
+                q.recoveries, q.orphaned, q.discarded
+            )
+        })
+    };
+    println!(
+        "  shmq recovery: trajectory queue {}; batch queue {}",
+        lib(&out.traj_q),
+        lib(&out.batch_q)
+    );
+    if o.chaos {
+        println!(
+            "  chaos: kills={} actors={} learners={} replay={}",
+            out.killed.len(),
+            kills(Role::Actor, None),
+            kills(Role::Learner, None),
+            kills(Role::Replay, None)
+        );
+    }
+    println!("trajectories: {}", t.line());
+    println!("batches: {}", b.line());
+
+    let mut problems = Vec::new();
+    for (what, x) in [("trajectories", &t), ("batches", &b)] {
+        if x.lost > 0 {
+            problems.push(format!("{} {what} sent Ok were never received", x.lost));
+        }
+        if x.dup_unflagged > 0 {
+            problems.push(format!(
+                "{} {what} received twice without the redelivery flag",
+                x.dup_unflagged
+            ));
+        }
+        if x.invented > 0 {
+            problems.push(format!(
+                "{} {what} received that no live producer sent",
+                x.invented
+            ));
+        }
+        if x.corrupt + x.disorder > 0 {
+            problems.push(format!(
+                "{} corrupt {what} or journal records out of order",
+                x.corrupt + x.disorder
+            ));
+        }
+        if out.killed.is_empty() && (x.redelivered > 0 || x.unconfirmed > 0) {
+            problems.push(format!(
+                "{} redelivered / {} unconfirmed {what} although nobody was killed",
+                x.redelivered, x.unconfirmed
+            ));
+        }
+    }
+    // The library's side: each journaled redelivery is a distinct redelivery, and each
+    // redelivery follows a distinct orphaning; and after every child left, both queues
+    // are empty with every payload slot free.
+    for (what, x, q) in [("trajectory", &t, &out.traj_q), ("batch", &b, &out.batch_q)] {
+        let Some(q) = q else {
+            problems.push(format!(
+                "the {what} queue could not be inspected at the end"
+            ));
+            continue;
+        };
+        if x.redelivered > q.orphaned {
+            problems.push(format!(
+                "{} {what} redeliveries journaled, but the queue orphaned only {}",
+                x.redelivered, q.orphaned
+            ));
+        }
+        if q.depth != 0 || q.slot_states[0] != u64::from(q.slots) {
+            problems.push(format!(
+                "the {what} queue is not empty at the end: depth {}, slots free/loaned/held/\
+                 orphaned {:?}",
+                q.depth, q.slot_states
+            ));
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "accounting: exact (every trajectory and every batch whose send returned Ok was \
+             received at least once; duplicates only as redeliveries)"
+        );
+        true
+    } else {
+        for p in &problems {
+            println!("MISMATCH: {p}");
+        }
+        println!("accounting: MISMATCH");
+        false
     }
 }
 
-/// A child's final report.
-#[derive(Debug, Clone)]
-pub enum Report {
-    Actor(ActorReport),
-    Learner(LearnerReport),
-}
-
-impl Report {
-    pub fn parse(line: &str) -> Result<Report, String> {
-        let bad = || format!("malformed report line {line:?}");
-        let mut words = line.split_whitespace();
-        if words.next() != Some("report") {
-            return Err(bad());
-        }
-        let role = words.next().ok_or_else(bad)?;
-        let id: u32 = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
-        let mut fields = BTreeMap::new();
-        let mut per_actor = BTreeMap::new();
-        for w in words {
-            let (k, v) = w.split_once('=').ok_or_else(bad)?;
-            if let Some(a) = k.strip_prefix('a').and_then(|a| a.parse::<u32>().ok()) {
-                let n: Vec<u64> = v.split(':').filter_map(|x| x.parse().ok()).collect();
-                let [count, sum, sum_sq] = n[..] else {
-                    return Err(bad());
-                };
-                per_actor.insert(a, SeqTally { count, sum, sum_sq });
-            } else {
-                fields.insert(k, v);
-            }
-        }
-        let num = |k: &str| -> Result<u64, String> {
-            fields.get(k).and_then(|v| v.parse().ok()).ok_or_else(bad)
-        };
-        Ok(match role {
-            "actor" => Report::Actor(ActorReport {
-                id,
-                sent: num("sent")?,
-                bytes: num("bytes")?,
-                secs: fields
-                    .get("secs")
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(bad)?,
-            }),
-            "learner" => Report::Learner(LearnerReport {
-                id,
-                received: num("received")?,
-                bytes: num("bytes")?,
-                corrupt: num("corrupt")?,
-                reordered: num("reordered")?,
-                redelivered: num("redelivered")?,
-                lat_sum_ns: num("lat_sum_ns")?,
-                lat_max_ns: num("lat_max_ns")?,
-                per_actor,
-            }),
-            _ => return Err(bad()),
-        })
+pub fn human(bytes: f64) -> String {
+    match bytes {
+        b if b >= 1e9 => format!("{:.2} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        b => format!("{b:.0} B"),
     }
 }
