@@ -672,6 +672,15 @@ fn invalid_names_are_rejected() {
         for (what, e) in open_errors(name) {
             assert_eq!(e.kind(), ErrorKind::InvalidName, "{what} {name:?}: {e}");
         }
+        // Nothing was created under the invalid name.
+        if !name.contains(['/', '\0']) && !name.is_empty() {
+            let p = common::header_path(name);
+            assert!(
+                std::fs::symlink_metadata(&p).is_err(),
+                "{} exists after a rejected create",
+                p.display()
+            );
+        }
     }
     // The longest valid name, and every allowed character, work.
     let prefix = common::unique_name("n");
