@@ -275,3 +275,41 @@ fn message_over_4_gib_round_trips_across_processes() {
     let size = (4 * GIB) + 4 * KIB;
     big_across_processes(TEST, size, (4 * GIB + 64 * KIB) as u64);
 }
+
+#[test]
+fn messages_and_loans_outlive_their_handles() {
+    let _wd = Watchdog::new("outlive", Duration::from_secs(60));
+    let g = ShmGuard::new("outlive");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(4)
+        .create()
+        .unwrap();
+    let rx2 = shmq::Receiver::open(g.name()).unwrap();
+    let mut big = vec![0u8; 100_000];
+    fill(&mut big, 1);
+    tx.send(&big).unwrap();
+    tx.send(b"small").unwrap();
+    let m_big = rx.recv().unwrap();
+    let m_small = rx.recv().unwrap();
+    let mut loan = tx.loan(5000).unwrap();
+    drop(rx);
+    drop(tx);
+    // The message views stay valid (and movable to another thread) without their handle.
+    let t = std::thread::spawn(move || {
+        assert_eq!(&*m_small, b"small");
+        check(&m_big, 1).expect("big message intact after its receiver went");
+    });
+    t.join().unwrap();
+    // The loan can still be filled and sent without its sender.
+    fill(&mut loan, 2);
+    let loan = std::thread::spawn(move || loan).join().unwrap();
+    loan.send()
+        .map_err(|u| u.error)
+        .expect("send a loan whose sender was dropped");
+    let m = rx2.recv().unwrap();
+    check(&m, 2).expect("loan sent after its sender went");
+    drop(m);
+    drop(rx2);
+    g.assert_clean();
+}
