@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 /// How long children get to attach and say `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the wind-down may take once the actors were told to stop.
-const WIND_DOWN_TIMEOUT: Duration = Duration::from_secs(60);
+const WIND_DOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The main loop's period.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -397,12 +397,18 @@ pub fn run(o: &Options, signals: &AtomicUsize, display: &mut Display) -> Result<
     // The replay buffer holds up to `buffer` messages on top of the ring and the loans.
     let traj_slots = o.buffer + 2 * o.capacity + 16;
     let batch_slots = 2 * o.capacity + 16;
+    // Payload memory for every slot at once, so that the bound never makes anyone wait
+    // (the replay buffer holding K messages while waiting for more would otherwise wait
+    // for ever). A slot's segment is sized by power-of-two class of at least 4 KiB, so
+    // this is an upper bound (see src/segment.rs): 112 MiB for the trajectory queue and
+    // 192 MiB for the batch queue by default, of which only what is used is allocated.
+    let pool = |msg: u64, slots: usize| msg.max(4096).next_power_of_two() * slots as u64;
     let traj_pair = shmq::Builder::new()
         .name(o.queues[0].clone())
         .capacity(o.capacity)
         .slots(traj_slots)
         .max_message_size(traj)
-        .max_payload_bytes(traj * traj_slots as u64)
+        .max_payload_bytes(pool(traj, traj_slots))
         .max_participants(participants)
         .create()
         .map_err(|e| format!("cannot create the trajectory queue: {e}"))?;
@@ -411,7 +417,7 @@ pub fn run(o: &Options, signals: &AtomicUsize, display: &mut Display) -> Result<
         .capacity(o.capacity)
         .slots(batch_slots)
         .max_message_size(batch)
-        .max_payload_bytes(batch * batch_slots as u64)
+        .max_payload_bytes(pool(batch, batch_slots))
         .max_participants(participants)
         .create()
         .map_err(|e| format!("cannot create the batch queue: {e}"))?;
