@@ -90,11 +90,11 @@ pub fn replay(o: &Options) -> Result<(), String> {
 
 fn intake(o: &Options, rx: &Receiver, buf: &Buffer, journal: &Journal) -> Result<(), String> {
     let (steps, obs) = (o.steps(), o.obs_elems());
-    loop {
-        // Timed, to notice a failed server; a message normally arrives much sooner.
+    // Stops when the server failed (its error is the one reported); timed receives so
+    // that this is noticed when no trajectory comes either.
+    while !buf.lock().failed {
         let msg = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) if buf.lock().failed => return Ok(()),
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
             Err(e) => return Err(format!("recv: {e}")),
@@ -130,6 +130,7 @@ fn intake(o: &Options, rx: &Receiver, buf: &Buffer, journal: &Journal) -> Result
         // last `Arc` to go, in the server, acks it).
         drop(evicted);
     }
+    Ok(())
 }
 
 fn serve(o: &Options, tx: &Sender, buf: &Buffer, journal: &Journal) -> Result<(), String> {
