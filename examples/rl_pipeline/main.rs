@@ -61,11 +61,12 @@ static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 fn main() -> ExitCode {
     let o = match cli::parse(std::env::args().skip(1)) {
         Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{}", cli::USAGE); // --help
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprintln!("{}", cli::USAGE);
+            eprintln!("error: {e}\n\n{}", cli::USAGE);
             return ExitCode::from(2);
         }
     };
