@@ -280,6 +280,14 @@ impl Sender {
         self.loan_until(len, None).map_err(SendError::from)
     }
 
+    /// Like [`loan`](Self::loan), waiting at most `timeout` for a payload slot.
+    ///
+    /// # Errors
+    /// `Timeout` if no slot freed up in time; otherwise as [`loan`](Self::loan).
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendTimeoutError> {
+        self.loan_until(len, Some(Instant::now() + timeout))
+    }
+
     /// Like [`loan`](Self::loan) but never blocks: `Full` if no payload slot is free.
     ///
     /// # Errors

@@ -187,6 +187,12 @@ impl Builder {
 
     /// A bound on the shared memory of all payload segments together; when it is reached,
     /// senders wait (or get `Full`) until acknowledged messages free some.
+    ///
+    /// It counts segment sizes, not message sizes: a message above 192 bytes (the inline
+    /// limit) occupies a segment of at least 4 KiB, rounded up to a power of two (at most
+    /// `max_message_size` rounded up to a page). So `n` messages of size `m` in flight
+    /// need about `n × next_power_of_two(max(m, 4 KiB))`; a bound below what your
+    /// consumers hold at once makes producers (and a consumer waiting for more) wait.
     pub fn max_payload_bytes(mut self, bytes: u64) -> Self {
         self.create.max_payload_bytes = bytes;
         self
