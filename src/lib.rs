@@ -230,8 +230,9 @@ impl Builder {
     /// `AlreadyExists`, `InvalidName`, `InvalidArgument` (zero capacity, too few slots, …),
     /// `NoSpace` (`/dev/shm` full), `PermissionDenied`.
     pub fn create(self) -> Result<(Sender, Receiver), Error> {
-        let q = queue::Queue::create(&self.create, self.supervision)?;
-        Ok((Sender::from_queue(q.clone())?, Receiver::from_queue(q)?))
+        queue::Queue::create(&self.create, self.supervision, |q| {
+            Ok((Sender::from_queue(q.clone())?, Receiver::from_queue(q)?))
+        })
     }
 
     fn attach(&self) -> Result<queue::User, Error> {

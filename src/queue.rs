@@ -177,7 +177,15 @@ impl Queue {
     }
 
     /// Creates a queue and attaches to it.
-    pub fn create(o: &CreateOptions, supervision: Supervision) -> Result<User, Error> {
+    ///
+    /// `handles` makes the creator's handles *before* the queue gets its name, so that an
+    /// opener never finds a new queue without its creator's sender and receiver (a
+    /// receiver would see `Disconnected` in that moment).
+    pub fn create<T>(
+        o: &CreateOptions,
+        supervision: Supervision,
+        handles: impl FnOnce(User) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let name = match &o.name {
             Some(n) => n.clone(),
             None => unique_name(),
@@ -219,58 +227,65 @@ impl Queue {
         ));
         let file = os::create_new(&tmp)
             .map_err(|e| Error::io("cannot create a shared-memory object in /dev/shm", e))?;
-        let result = (|| {
-            os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_RDLCK as libc::c_short)
-                .map_err(|e| Error::io("cannot lock the queue header", e))?;
-            os::size_and_reserve(&file, g.total_size).map_err(|e| {
-                Error::io(
-                    format!(
-                        "cannot reserve {} bytes in /dev/shm for the queue header",
-                        g.total_size
-                    ),
-                    e,
-                )
-            })?;
-            let map = map_header(&file, g.total_size)
-                .map_err(|e| Error::io("cannot map the queue header", e))?;
-            init_header(&map, &g, o);
-            let final_path = os::header_path(&name);
-            std::fs::hard_link(&tmp, &final_path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!("a queue named {name:?} exists already"),
-                    )
-                } else {
-                    Error::io(format!("cannot create {}", final_path.display()), e)
-                }
-            })?;
-            Ok(map)
-        })();
-        let _ = os::unlink(&tmp);
-        let map = result?;
+        // Removes the temporary name however we leave.
+        struct Tmp(std::path::PathBuf);
+        impl Drop for Tmp {
+            fn drop(&mut self) {
+                let _ = os::unlink(&self.0);
+            }
+        }
+        let tmp = Tmp(tmp);
+        os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_RDLCK as libc::c_short)
+            .map_err(|e| Error::io("cannot lock the queue header", e))?;
+        os::size_and_reserve(&file, g.total_size).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot reserve {} bytes in /dev/shm for the queue header",
+                    g.total_size
+                ),
+                e,
+            )
+        })?;
+        let map = map_header(&file, g.total_size)
+            .map_err(|e| Error::io("cannot map the queue header", e))?;
+        init_header(&map, &g, o);
         let ino = file
             .metadata()
             .map_err(|e| Error::io("cannot stat the queue header", e))?
             .ino();
         let dims = validate(&map, g.total_size)?;
-        Queue::finish_attach(name, map, file, ino, dims, supervision)
+        let q = Queue::finish_attach(name.clone(), map, file, ino, dims, supervision)?;
+        let out = handles(q)?;
+        // Publish the name last. If it is taken, `out` is dropped: the handles leave and
+        // the detach finds that the path is not our inode, so it unlinks nothing.
+        let final_path = os::header_path(&name);
+        std::fs::hard_link(&tmp.0, &final_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("a queue named {name:?} exists already"),
+                )
+            } else {
+                Error::io(format!("cannot create {}", final_path.display()), e)
+            }
+        })?;
+        Ok(out)
     }
 
     /// Attaches to an existing queue (or reuses this process's attachment).
     pub fn open(name: &str, supervision: Supervision) -> Result<User, Error> {
         os::validate_name(name)?;
         let path = os::header_path(name);
-        let not_found = || {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("no queue named {name:?} (is the name right, and is the queue's creator still running?)"),
-            )
+        let msg = || {
+            format!("no queue named {name:?} (is the name right, and is the queue's creator still running?)")
         };
+        let not_found = || Error::io(msg(), std::io::Error::from(std::io::ErrorKind::NotFound));
         for _attempt in 0..50 {
             let file = match os::open_rw(&path) {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(msg(), e))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     return Err(Error::io(
                         format!("no permission to open queue {name:?} ({})", path.display()),
@@ -662,9 +677,9 @@ pub(crate) fn peek(name: &str) -> Result<(os::Mapping, File, Dims), Error> {
     os::validate_name(name)?;
     let path = os::header_path(name);
     let file = os::open_rw(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::new(
-            ErrorKind::NotFound,
+        std::io::ErrorKind::NotFound => Error::io(
             format!("no queue named {name:?} (is the name right? `shmq list` shows the queues)"),
+            e,
         ),
         _ => Error::io(format!("cannot open {}", path.display()), e),
     })?;

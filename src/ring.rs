@@ -107,6 +107,15 @@ use crate::layout::{
 use crate::sync::mutation::{self, Mutation};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
+/// How many laps a cell may be ahead of the `head`/`tail` hint that points at it. A hint
+/// lags the truth only by the few advances that stalled or killed participants skipped
+/// (each helper moves it on by one), never by a whole lap of the ring, so a cell is at
+/// most one lap ahead of a current hint (two, with slack). More means the hint or the
+/// cell is garbage, and following it one position at a time would take ~2^40 steps:
+/// report corruption instead. (A thread whose *copy* of the hint is stale sees the hint
+/// itself move on and simply retries.)
+const MAX_LAG_LAPS: i64 = 2;
+
 /// Why a ring operation could not go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RingError {
@@ -147,6 +156,10 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
             continue;
         }
         let d = lap_diff(cell_lap(x), lt);
+        if d > MAX_LAG_LAPS && q.ctl.tail.load(Acquire) == t {
+            // The hint cannot lag this far behind a cell (see MAX_LAG_LAPS).
+            return Err(RingError::Corrupt);
+        }
         if d >= 0 {
             // Position t is already committed: the hint lags; help it.
             let _ = q.ctl.tail.compare_exchange(t, t + 1, AcqRel, Relaxed);
@@ -206,6 +219,9 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
             return Err(RingError::Empty);
         }
         let d = lap_diff(cell_lap(x), lh);
+        if d > MAX_LAG_LAPS && q.ctl.head.load(Acquire) == h {
+            return Err(RingError::Corrupt);
+        }
         if d > 0 {
             // Position h was consumed already: the hint lags; help it.
             let _ = q.ctl.head.compare_exchange(h, h + 1, AcqRel, Relaxed);
