@@ -646,11 +646,10 @@ fn map_header(probe: &File, len: u64) -> std::io::Result<os::Mapping> {
 pub(crate) fn view<'a>(map: &'a os::Mapping, dims: &Dims) -> Shared<'a> {
     let g = &dims.geometry;
     let base = map.ptr();
-    // SAFETY: `validate` checked that the mapping is at least `g.total_size` bytes long,
-    // page-aligned, and that the tables lie at these offsets (multiples of their
-    // alignment) inside it; every type in them is valid for any bit pattern (atomics,
-    // integers, bytes) and shared mutation goes through atomics or the slot protocol.
-    // The slices borrow `map`, which keeps the mapping alive.
+    // Every type in the tables is valid for any bit pattern (atomics, integers, bytes),
+    // and shared mutation goes through atomics or the slot protocol.
+    // SAFETY: `validate` checked the mapping is at least `g.total_size` bytes, page-aligned,
+    // with the tables at these offsets (multiples of their alignment); `map` outlives them.
     unsafe {
         Shared {
             ctl: &*(base as *const Control),

@@ -22,10 +22,10 @@ impl Futex for OsFutex {
         let ts_ptr = ts
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `word` is a valid, 4-byte aligned u32 for the duration of the call (it
-        // borrows the mapping); the timeout pointer is null or points to `ts` on our stack.
         // Errors (EAGAIN: the word changed; EINTR; ETIMEDOUT) all mean "re-check", which
         // every caller does.
+        // SAFETY: `word` is a valid, 4-byte aligned u32 for the duration of the call (it
+        // borrows the mapping); the timeout pointer is null or points to `ts` on our stack.
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
