@@ -150,7 +150,7 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
             if cell.compare_exchange(x, cell_full(lt, s), AcqRel, Acquire).is_ok() {
                 crate::fault::point("send.commit");
                 // S6: advance the hint; failure means someone helped.
-                let _ = q.ctl.tail.compare_exchange(t, t + 1, AcqRel, Relaxed);
+                let _ = q.ctl.tail.compare_exchange(t, t.wrapping_add(1), AcqRel, Relaxed);
                 return Ok(t);
             }
             continue;
@@ -162,7 +162,7 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
         }
         if d >= 0 {
             // Position t is already committed: the hint lags; help it.
-            let _ = q.ctl.tail.compare_exchange(t, t + 1, AcqRel, Relaxed);
+            let _ = q.ctl.tail.compare_exchange(t, t.wrapping_add(1), AcqRel, Relaxed);
             continue;
         }
         if d == -1 && cell_is_full(x) {
@@ -224,7 +224,7 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
         }
         if d > 0 {
             // Position h was consumed already: the hint lags; help it.
-            let _ = q.ctl.head.compare_exchange(h, h + 1, AcqRel, Relaxed);
+            let _ = q.ctl.head.compare_exchange(h, h.wrapping_add(1), AcqRel, Relaxed);
             continue;
         }
         if d < 0 || !cell_is_full(x) {
@@ -287,10 +287,10 @@ fn is_live(q: &Shared<'_>, x: u64, at: u64) -> Result<bool, RingError> {
 /// Clears cell word `x` at position `at` (its message is claimed or stale) and advances
 /// `head` past it. Each CAS may fail harmlessly: someone else did it.
 fn help_remove(q: &Shared<'_>, at: u64, x: u64) {
-    let next = cell_empty(q.lap(at) + 1); //          { lap: l(at)+1, index: i(at) }
+    let next = cell_empty(q.lap(at).wrapping_add(1)); //          { lap: l(at)+1, index: i(at) }
     let _ = q.cells[q.idx(at)].compare_exchange(x, next, AcqRel, Relaxed);
     crate::fault::point("recv.cleared");
-    let _ = q.ctl.head.compare_exchange(at, at + 1, AcqRel, Relaxed);
+    let _ = q.ctl.head.compare_exchange(at, at.wrapping_add(1), AcqRel, Relaxed);
 }
 
 /// The number of committed, unremoved positions (a racy snapshot: exact only when no

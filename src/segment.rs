@@ -156,7 +156,7 @@ impl Segments {
             }
         }
         // G1: make every cached mapping of this slot stale first.
-        let epoch = rec.epoch.fetch_add(1, Release) + 1;
+        let epoch = rec.epoch.fetch_add(1, Release).wrapping_add(1);
         lock(&self.cache)[s as usize] = None;
         crate::fault::point("send.grow");
         let path = os::segment_path(&self.name, s);
