@@ -278,6 +278,53 @@ pub fn as_victim<R>(k: u64, op: impl FnOnce() -> R) -> Option<R> {
     }
 }
 
+/// Panics unless `shmq::sync::crash` kills exactly the armed loom thread, after exactly
+/// `k` steps of its own (checked once per test binary, in a two-thread model). Every crash
+/// sweep and crash control calls this first: with a broken hook a kill lands on whichever
+/// thread takes the next step, and a sweep would fail, or a control "fail as it must",
+/// for the wrong reason.
+///
+/// Loom runs a model's threads as coroutines on one OS thread, so the hook's counters must
+/// be loom thread-locals (`loom::thread_local!`); `std::thread_local!` counters are shared
+/// by all threads of a model.
+pub fn assert_crash_hook_is_per_thread() {
+    use std::sync::OnceLock;
+    static RESULT: OnceLock<Option<String>> = OnceLock::new();
+    let r = RESULT.get_or_init(|| {
+        model_failure(|| {
+            use std::sync::Arc;
+            let a = Arc::new(shmq::sync::AtomicU64::new(0));
+            let b = a.clone();
+            let other = loom::thread::spawn(move || {
+                for _ in 0..3 {
+                    b.load(Relaxed);
+                }
+            });
+            let killed = as_victim(2, || {
+                for _ in 0..3 {
+                    a.fetch_add(1, Relaxed);
+                }
+            })
+            .is_none();
+            if other.join().is_err() {
+                panic!("an unarmed loom thread was killed");
+            }
+            assert!(killed, "the armed thread was not killed");
+            assert_eq!(
+                a.load(Relaxed),
+                2,
+                "the armed thread died after a wrong step count"
+            );
+        })
+    });
+    if let Some(why) = r {
+        panic!(
+            "shmq::sync::crash does not kill exactly the armed loom thread ({why}); its \
+             counters must be `loom::thread_local!` (see loom-tests/README.md)"
+        );
+    }
+}
+
 /// The shared-memory steps `op` takes (run un-armed on the calling model thread).
 pub fn steps_of(op: impl FnOnce()) -> u64 {
     crash::arm(u64::MAX); // resets the count without arming
@@ -321,13 +368,56 @@ pub fn drain(q: &Shared<'_>, me: u16) -> Vec<Got> {
     out
 }
 
+/// The shared state, for failure messages: head, tail, cells, and each slot's word
+/// (generation, state, owner) and `pos`.
+pub fn dump(q: &Shared<'_>) -> String {
+    use shmq::layout::{cell_is_full, cell_lap, cell_slot, slot_gen, slot_owner, slot_state};
+    let cells: Vec<String> = q
+        .cells
+        .iter()
+        .map(|c| {
+            let x = c.load(Relaxed);
+            if cell_is_full(x) {
+                format!("F({}, s{})", cell_lap(x), cell_slot(x))
+            } else {
+                format!("E({})", cell_lap(x))
+            }
+        })
+        .collect();
+    let slots: Vec<String> = q
+        .slots
+        .iter()
+        .map(|r| {
+            let w = r.word.load(Relaxed);
+            let p = r.pos.load(Relaxed);
+            let st = slot_state(w).map_or("?".into(), |s| format!("{s:?}"));
+            let pos = if p == shmq::layout::POS_NONE {
+                "NONE".into()
+            } else {
+                p.to_string()
+            };
+            format!(
+                "{st}(g{}, o{}) pos {pos}",
+                slot_gen(w),
+                slot_owner(w) as i32
+            )
+        })
+        .collect();
+    format!(
+        "head {} tail {} cells {cells:?} slots {slots:?}",
+        q.ctl.head.load(Relaxed),
+        q.ctl.tail.load(Relaxed)
+    )
+}
+
 /// `slots::census`, asserting that no slot is LOANED or HELD (a leak or a stuck owner).
 pub fn assert_no_owned_slot(q: &Shared<'_>) {
     let c = slots::census(q);
     assert_eq!(
         (c[SlotState::Loaned as usize], c[SlotState::Held as usize]),
         (0, 0),
-        "census [free, loaned, held, orphan] = {c:?}: a slot is leaked or doubly owned"
+        "census [free, loaned, held, orphan] = {c:?}: a slot is leaked or doubly owned; {}",
+        dump(q)
     );
     for (s, rec) in q.slots.iter().enumerate() {
         let w = rec.word.load(Relaxed);
@@ -621,10 +711,476 @@ fn check_log(script: &Script, pre: &[(u8, u64)], log: &[Ev], drained: &[Got]) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Crash sweeps
+
+/// The operation a crash sweep kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Victim {
+    /// A producer's send of `0xA1`: alloc, write, publish.
+    Send,
+    /// A consumer's receive: claim, read, ack (free).
+    Recv,
+    /// A consumer's ack (free) of `0x01`, which it claimed and read before the threads
+    /// start.
+    Ack,
+    /// The supervisor's recovery of a dead participant `D` (lease, recover, lease back).
+    /// `D` died holding `0x01` (claimed and read), having committed `0xD1` and with
+    /// `0xD2` written into a loan it never published.
+    Recovery,
+}
+
+/// One crash scenario: the victim, the queue, and whether recovery runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    /// What is killed.
+    pub victim: Victim,
+    /// Ring capacity (1 or 2).
+    pub cap: u32,
+    /// Held messages of a dead consumer are dropped (`true`) or redelivered.
+    pub at_most_once: bool,
+    /// Whether the supervisor runs recovery for the victim (false only in a negative
+    /// control). For [`Victim::Recovery`], whether the killed recovery is run again.
+    pub recover: bool,
+    /// The live threads beside the victim.
+    pub live: Live,
+}
+
+/// The live participants of a crash scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Two threads: a consumer (one receive, then one redelivery attempt) and a producer
+    /// (one send of `0xB1`).
+    Split,
+    /// One thread doing the same in sequence: receive, send, redelivery attempt. Cheaper
+    /// (two running threads instead of three); it still claims and acks a message and then
+    /// reuses the freed slot while recovery runs.
+    Combined,
+}
+
+/// The participants of a crash scenario.
+#[derive(Debug, Clone, Copy)]
+struct Cast {
+    /// Sends the messages that exist before the threads start; drains at the end.
+    main: Part,
+    /// The victim (for `Victim::Recovery`, the first lease holder).
+    v: Part,
+    /// A live consumer (the model's main thread during the run).
+    l1: Part,
+    /// A live producer.
+    l2: Part,
+    /// The participant that died before the run (`Victim::Recovery` only).
+    d: Part,
+    /// The lease holder that reruns a killed recovery (`Victim::Recovery` only).
+    r2: Part,
+}
+
+/// What the victim's thread reports.
+#[derive(Debug, Clone, Copy, Default)]
+struct VictimOutcome {
+    killed: bool,
+    /// `Send`: the publish result, if the send returned.
+    sent: Option<Result<u64, SendFail>>,
+    /// `Recv`: the message, if the whole receive (ack included) returned.
+    received: Option<u8>,
+    /// What the recovery of the victim (or, for `Victim::Recovery`, of `D`: both runs
+    /// added up) did.
+    report: shmq::recovery::Report,
+}
+
+/// The messages of a scenario (one byte each).
+mod msg {
+    pub const PRE: u8 = 0x01; // sent before the threads start
+    pub const VICTIM: u8 = 0xA1; // the victim's send
+    pub const LIVE: u8 = 0xB1; // the live producer's send
+    pub const D_SENT: u8 = 0xD1; // committed by D before it died
+    pub const D_LOAN: u8 = 0xD2; // written into D's unsent loan
+}
+
+impl Crash {
+    fn slots(&self) -> u32 {
+        // Ring content + one slot each for the victim, the live consumer, the live
+        // producer. For `Victim::Recovery` the victim holds none, and D holds two beside
+        // its message in the ring (a held message and an unsent loan).
+        match self.victim {
+            Victim::Recovery => self.cap + 4,
+            _ => self.cap + 3,
+        }
+    }
+
+    /// Registers the cast and builds the state before the threads start.
+    fn setup(&self, q: &Shared<'_>) -> (Cast, Option<Got>) {
+        let role = match self.victim {
+            Victim::Send => Role::Sender,
+            Victim::Recv | Victim::Ack => Role::Receiver,
+            Victim::Recovery => Role::Monitor,
+        };
+        let main = register(q, 0, Role::Sender);
+        let cast = Cast {
+            main,
+            v: register(q, 1, role),
+            l1: register(q, 2, Role::Receiver),
+            l2: register(q, 3, Role::Sender),
+            d: if self.victim == Victim::Recovery {
+                register(q, 4, Role::Sender)
+            } else {
+                main
+            },
+            r2: if self.victim == Victim::Recovery {
+                register(q, 5, Role::Monitor)
+            } else {
+                main
+            },
+        };
+        let mut held = None;
+        match self.victim {
+            Victim::Send => {}
+            Victim::Recv => send(q, &main, msg::PRE).map(drop).unwrap(),
+            Victim::Ack => {
+                send(q, &main, msg::PRE).unwrap();
+                held = Some(claim_and_read(q, cast.v.idx).unwrap());
+            }
+            Victim::Recovery => {
+                send(q, &main, msg::PRE).unwrap();
+                claim_and_read(q, cast.d.idx).unwrap(); // held by D when it died
+                send(q, &cast.d, msg::D_SENT).unwrap();
+                let (s, _) = slots::alloc(q, cast.d.idx, 0, |_| true).unwrap();
+                write(q, s, msg::D_LOAN, cast.d.stamp());
+            }
+        }
+        (cast, held)
+    }
+
+    /// The victim's operation (what is killed).
+    fn victim_op(&self, q: &Shared<'_>, c: &Cast, held: Option<Got>, out: &mut VictimOutcome) {
+        match self.victim {
+            Victim::Send => out.sent = Some(send(q, &c.v, msg::VICTIM)),
+            Victim::Recv => {
+                if let Some(g) = recv(q, c.v.idx) {
+                    out.received = Some(g.value);
+                }
+            }
+            Victim::Ack => ack(q, &held.expect("the victim holds a message")),
+            Victim::Recovery => {
+                let me = lease_of(c.v);
+                roster::take_lease(q, me).expect("the lease is free");
+                let r = shmq::recovery::recover(q, c.d.idx, c.d.active, true);
+                add_report(&mut out.report, &r);
+                roster::release_lease(q, me);
+            }
+        }
+    }
+
+    /// The supervisor, once the victim is dead.
+    fn after_death(&self, q: &Shared<'_>, c: &Cast, out: &mut VictimOutcome) {
+        if !self.recover {
+            return;
+        }
+        match self.victim {
+            Victim::Recovery => {
+                // The next repair pass (`supervisor::repair`): heals the orphans hint (a
+                // recovery killed between V2a's CAS and its raise leaves it low), then the
+                // next lease holder takes the lease over from the dead one (or takes it,
+                // if the dead one had handed it back) and runs recovery again.
+                shmq::recovery::heal_orphan_hint(q);
+                let me = lease_of(c.r2);
+                if let Err(holder) = roster::take_lease(q, me) {
+                    assert_eq!(holder, lease_of(c.v), "the lease names a stranger");
+                    assert!(roster::steal_lease(q, holder, me), "lease takeover failed");
+                }
+                let r = shmq::recovery::recover(q, c.d.idx, c.d.active, true);
+                add_report(&mut out.report, &r);
+                roster::release_lease(q, me);
+            }
+            _ => out.report = shmq::recovery::recover(q, c.v.idx, c.v.active, true),
+        }
+    }
+
+    /// The shared-memory steps of the victim's operation run alone from the same state.
+    pub fn steps(&self) -> u64 {
+        let this = *self;
+        solo_steps(move || {
+            let hq = HeapQueue::new(this.cap, this.slots(), 8, this.at_most_once);
+            let q = hq.shared();
+            let (cast, held) = this.setup(&q);
+            let mut out = VictimOutcome::default();
+            steps_of(|| this.victim_op(&q, &cast, held, &mut out))
+        })
+    }
+
+    /// For [`Victim::Send`]: the steps of its alloc and write (killed at this `k`, the
+    /// victim holds a written loan and has not started to publish).
+    pub fn steps_until_publish(&self) -> u64 {
+        assert_eq!(self.victim, Victim::Send);
+        let this = *self;
+        solo_steps(move || {
+            let hq = HeapQueue::new(this.cap, this.slots(), 8, this.at_most_once);
+            let q = hq.shared();
+            let (cast, _) = this.setup(&q);
+            steps_of(|| {
+                let (s, _) = slots::alloc(&q, cast.v.idx, 0, |_| true).unwrap();
+                write(&q, s, msg::VICTIM, cast.v.stamp());
+            })
+        })
+    }
+
+    /// For [`Victim::Recv`]: the steps of its claim up to and including the claim CAS
+    /// (R3), that is, all of `ring::claim` but the two CASes of `help_remove` (R4, R5).
+    /// Killed at this `k`, the victim holds the slot and its cell is still full.
+    pub fn steps_until_cell_clear(&self) -> u64 {
+        assert_eq!(self.victim, Victim::Recv);
+        let this = *self;
+        solo_steps(move || {
+            let hq = HeapQueue::new(this.cap, this.slots(), 8, this.at_most_once);
+            let q = hq.shared();
+            let (cast, _) = this.setup(&q);
+            steps_of(|| {
+                ring::claim(&q, cast.v.idx).unwrap();
+            }) - 2
+        })
+    }
+
+    /// The model (run it inside [`model`]): the victim is killed before its `k`-th step
+    /// (`k` = [`Crash::steps`]: right after its operation returned), then recovery runs,
+    /// while the live threads ([`Live`]) run beside both; after joining them, the checks
+    /// of DESIGN §4.
+    pub fn run(&self, k: u64) {
+        use std::sync::Arc;
+        let this = *self;
+        let hq = Arc::new(HeapQueue::new(this.cap, this.slots(), 8, this.at_most_once));
+        let (cast, held) = this.setup(&hq.shared());
+        let hv = hq.clone();
+        let victim = loom::thread::spawn(move || {
+            let q = hv.shared();
+            let mut out = VictimOutcome::default();
+            out.killed = as_victim(k, || this.victim_op(&q, &cast, held, &mut out)).is_none();
+            this.after_death(&q, &cast, &mut out);
+            out
+        });
+        let live_thread = |hq: Arc<HeapQueue>, receive: bool, do_send: bool, orphan: bool| {
+            loom::thread::spawn(move || {
+                let q = hq.shared();
+                let mut got: Vec<Got> = Vec::new();
+                if receive {
+                    got.extend(recv(&q, cast.l1.idx));
+                }
+                let sent = do_send.then(|| {
+                    let r = send(&q, &cast.l2, msg::LIVE);
+                    assert_ne!(r, Err(SendFail::NoSlot), "the model ran out of slots");
+                    r
+                });
+                if orphan {
+                    if let Some(g) = claim_orphan_and_read(&q, cast.l1.idx) {
+                        ack(&q, &g);
+                        got.push(g);
+                    }
+                }
+                (got, sent)
+            })
+        };
+        let (producer, consumer) = match this.live {
+            Live::Split => (
+                Some(live_thread(hq.clone(), false, true, false)),
+                live_thread(hq.clone(), true, false, true),
+            ),
+            Live::Combined => (None, live_thread(hq.clone(), true, true, true)),
+        };
+        // The model's main thread only waits (it is not a fourth running thread); loom
+        // may start any of the three first without spending a preemption.
+        let out = victim.join().unwrap();
+        let (live, mut live_sent) = consumer.join().unwrap();
+        if let Some(p) = producer {
+            live_sent = p.join().unwrap().1;
+        }
+        let live_sent = live_sent.expect("the live producer sent");
+        let q = hq.shared();
+        this.check(&q, &cast, held, &out, live_sent, live);
+    }
+
+    fn check(
+        &self,
+        q: &Shared<'_>,
+        c: &Cast,
+        held: Option<Got>,
+        out: &VictimOutcome,
+        live_sent: Result<u64, SendFail>,
+        mut got: Vec<Got>,
+    ) {
+        let ctx = format!(
+            "{self:?}, victim {out:?}, live producer {live_sent:?}, live consumer {got:?}; \
+             before the drain: {}",
+            dump(q)
+        );
+        // Drain the ring: afterwards nothing may be LOANED or HELD (a leak, or an owner
+        // that is dead and was not recovered); then redeliver the ORPHANs.
+        while let Some(g) = recv(q, c.main.idx) {
+            got.push(g);
+        }
+        let c0 = slots::census(q);
+        assert_eq!(
+            (c0[SlotState::Loaned as usize], c0[SlotState::Held as usize]),
+            (0, 0),
+            "{ctx}: after draining the ring, census [free, loaned, held, orphan] = {c0:?}; \
+             now {}",
+            dump(q)
+        );
+        while let Some(g) = claim_orphan_and_read(q, c.main.idx) {
+            ack(q, &g);
+            got.push(g);
+        }
+        assert!(
+            claim_and_read(q, c.main.idx).is_none(),
+            "{ctx}: ring not empty"
+        );
+        let c1 = slots::census(q);
+        assert_eq!(
+            c1,
+            [q.slots.len() as u64, 0, 0, 0],
+            "{ctx}: after redelivering the orphans, census [free, loaned, held, orphan] = \
+             {c1:?} with the orphans hint at {}: a message is stranded; now {}",
+            q.ctl.counters.orphans.load(Relaxed),
+            dump(q)
+        );
+        let n = |v: u8| times(&got, v);
+        let r = &out.report;
+        let redelivered = got.iter().filter(|g| g.redelivered).count() as u64;
+        let dead_consumer_held =
+            matches!(self.victim, Victim::Recv | Victim::Ack | Victim::Recovery);
+        if self.at_most_once || !dead_consumer_held {
+            assert_eq!(
+                redelivered, 0,
+                "{ctx}: a redelivery without an orphan: {got:?}"
+            );
+        }
+        // The live producer's message: delivered exactly once if committed (unless the
+        // victim is a consumer under at-most-once, see below), else never.
+        let live_n = n(msg::LIVE);
+        match live_sent {
+            Ok(_) if self.victim == Victim::Recv => {}
+            Ok(_) => assert_eq!(live_n, 1, "{ctx}: live message delivered {live_n} times"),
+            Err(_) => assert_eq!(live_n, 0, "{ctx}: a refused message was delivered"),
+        }
+        match self.victim {
+            Victim::Send => {
+                let v = n(msg::VICTIM);
+                match out.sent {
+                    // Returned Ok (maybe killed right after): delivered exactly once.
+                    Some(Ok(_)) => assert_eq!(v, 1, "{ctx}: acked send delivered {v} times"),
+                    Some(Err(_)) => assert_eq!(v, 0, "{ctx}: a refused send was delivered"),
+                    // Killed inside: delivered or discarded, and as recovery said.
+                    None => {
+                        assert!(v <= 1, "{ctx}: an unfinished send delivered {v} times");
+                        if r.discarded == 1 {
+                            assert_eq!(v, 0, "{ctx}: discarded yet delivered");
+                        }
+                        if r.kept == 1 {
+                            assert_eq!(v, 1, "{ctx}: kept for delivery yet lost");
+                        }
+                    }
+                }
+                assert_eq!(r.orphaned + r.dropped, 0, "{ctx}");
+            }
+            Victim::Recv => {
+                // Counting the victim's receive only if it returned (ack done), each
+                // committed message (the pre-sent one, the live one if it was committed)
+                // is delivered exactly once, except that at-most-once drops the one a
+                // killed victim held (whichever it was).
+                let mut committed = vec![msg::PRE];
+                if live_sent.is_ok() {
+                    committed.push(msg::LIVE);
+                }
+                let mut missing = 0;
+                for &m in &committed {
+                    let total = n(m) + usize::from(out.received == Some(m));
+                    assert!(total <= 1, "{ctx}: {m:#x} delivered {total} times: {got:?}");
+                    missing += 1 - total;
+                }
+                let dropped = if self.at_most_once { r.dropped } else { 0 };
+                assert_eq!(missing as u64, dropped, "{ctx}: lost messages: {got:?}");
+                assert!(
+                    r.dropped <= 1 && r.orphaned <= 1 && r.discarded == 0,
+                    "{ctx}"
+                );
+                assert_eq!(redelivered, r.orphaned, "{ctx}: redeliveries vs orphans");
+            }
+            Victim::Ack => {
+                // The victim received it (its claim returned), so the application saw it
+                // once; an ack that did not finish means one redelivery (at-least-once)
+                // or none (at-most-once).
+                let held = held.unwrap().value;
+                let again = n(held);
+                let expect = usize::from(out.killed && !self.at_most_once);
+                assert_eq!(again, expect, "{ctx}: {got:?}");
+                assert_eq!(r.orphaned as usize, expect, "{ctx}");
+                assert_eq!(
+                    r.dropped,
+                    u64::from(out.killed && self.at_most_once),
+                    "{ctx}"
+                );
+            }
+            Victim::Recovery => {
+                // D received 0x01 and died: redelivered once, or dropped. D committed
+                // 0xD1: delivered once. D never published 0xD2: never delivered.
+                let expect = usize::from(!self.at_most_once);
+                assert_eq!(n(msg::PRE), expect, "{ctx}: D's held message: {got:?}");
+                assert_eq!(n(msg::D_SENT), 1, "{ctx}: D's committed message: {got:?}");
+                assert_eq!(n(msg::D_LOAN), 0, "{ctx}: D's unsent loan was delivered");
+                assert_eq!(
+                    q.ctl.counters.lease.load(Relaxed),
+                    0,
+                    "{ctx}: the lease was not handed back"
+                );
+                let d_word = q.parts[c.d.idx as usize].state.load(Relaxed);
+                assert_ne!(d_word, c.d.active, "{ctx}: D's record is still ACTIVE");
+            }
+        }
+        // Every delivered value is one that was sent.
+        for g in &got {
+            assert!(
+                [msg::PRE, msg::VICTIM, msg::LIVE, msg::D_SENT].contains(&g.value),
+                "{ctx}: an unknown message {:#x}",
+                g.value
+            );
+        }
+        if self.victim != Victim::Recovery {
+            let v_word = q.parts[c.v.idx as usize].state.load(Relaxed);
+            assert_ne!(
+                v_word, c.v.active,
+                "{ctx}: the victim's record is still ACTIVE"
+            );
+        }
+        assert_exact_capacity(q, &c.main, c.main.idx);
+    }
+}
+
+fn lease_of(p: Part) -> u64 {
+    shmq::layout::lease_word(p.idx, part_gen(p.active))
+}
+
+fn add_report(into: &mut shmq::recovery::Report, r: &shmq::recovery::Report) {
+    into.discarded += r.discarded;
+    into.kept += r.kept;
+    into.orphaned += r.orphaned;
+    into.dropped += r.dropped;
+    into.released |= r.released;
+}
+
+/// Sweeps `k` over every step of the victim's operation (and `k` = its step count: killed
+/// right after it returned), one loom model per `k`. Returns the number of crash points.
+pub fn sweep(c: Crash) -> u64 {
+    assert_crash_hook_is_per_thread();
+    let steps = c.steps();
+    for k in 0..=steps {
+        eprintln!("{c:?}: crash point {k} of {steps}");
+        model(move || c.run(k));
+    }
+    steps + 1
+}
+
+// ---------------------------------------------------------------------------------------
 // A futex made of loom primitives
 
 /// A futex for the models: `wait` checks the word under a loom mutex and sleeps on a
-/// condvar; `wake_all` takes the mutex, then notifies everyone. Because the waker changes
+/// condvar; `wake_all` / `wake_one` take the mutex, then notify everyone / one sleeper. Because the waker changes
 /// the word *before* `wake_all` and the waiter checks it under the same mutex, a waiter is
 /// either already asleep when the notification comes (and wakes) or sees the new word
 /// (and does not sleep): exactly the atomic check-and-sleep of `FUTEX_WAIT`.
@@ -662,6 +1218,11 @@ impl Futex for LoomFutex {
     fn wake_all(&self, _word: &AtomicU32) {
         let _g = self.lock.lock().unwrap();
         self.cv.notify_all();
+    }
+
+    fn wake_one(&self, _word: &AtomicU32) {
+        let _g = self.lock.lock().unwrap();
+        self.cv.notify_one();
     }
 }
 

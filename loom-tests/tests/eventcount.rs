@@ -7,7 +7,7 @@
 //! fewer than 64 participants.
 #![cfg(shmq_loom)]
 
-use loom::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use loom::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use shmq::layout::{HeapQueue, Role};
 use shmq::sync::AtomicU32;
 use shmq::wait::{self, Futex, Wait};
@@ -31,13 +31,13 @@ fn world() -> Arc<World> {
 }
 
 /// The poll of a waiting consumer, which also starts the producer (`0x42`, then
-/// `waker`) at the end of its `SPIN_ROUNDS`-th call: the last poll of `block_on`'s spin
-/// phase, right before its last `spin_hint`.
+/// `waker`) at the end of its `SPIN_ROUNDS + YIELD_ROUNDS`-th call: the last poll of
+/// `block_on`'s spin-and-yield phase, right before its last yield.
 ///
 /// Why so late: loom's `yield_now` (our `spin_hint`) assumes fairness: a yielding thread
 /// lets the others run, and after a yield its loads may not return again a value it saw
 /// before the yield if a newer one exists. A producer started together with the waiter
-/// therefore gets through its send during the 64 spin rounds unless it is preempted at
+/// therefore gets through its send during the 96 spin rounds unless it is preempted at
 /// every one of them, and at preemption bound 2 the waiter never reaches the bit, the
 /// fence and the sleep: the eventcount is not exercised at all (5 executions, and both
 /// negative controls pass). Even a spawn at the *start* of the last poll is too early
@@ -45,6 +45,13 @@ fn world() -> Arc<World> {
 /// end of the spin models a producer that comes late; what the eventcount must order
 /// (the waiter's bit against the commit, its cell load against the waker's bit load)
 /// stays unordered: the spawn orders only the spin polls before the producer.
+/// The polls `block_on_counted` makes before it sets the waiter's bit.
+const PRE_SLEEP_POLLS: usize = (wait::SPIN_ROUNDS + wait::YIELD_ROUNDS) as usize;
+const _: () = assert!(
+    PRE_SLEEP_POLLS >= 1,
+    "the model needs one poll before the bit"
+);
+
 struct LatePoll<N> {
     world: Arc<World>,
     tx: Part,
@@ -58,7 +65,7 @@ impl<N: Fn(&World) + Send + Copy + 'static> LatePoll<N> {
     fn poll(&mut self) -> Option<Got> {
         self.calls += 1;
         let r = claim_and_read(&self.world.hq.shared(), self.me);
-        if self.calls == wait::SPIN_ROUNDS.max(1) as usize {
+        if self.calls == PRE_SLEEP_POLLS {
             let (w, tx, waker) = (self.world.clone(), self.tx, self.waker);
             self.producer = Some(loom::thread::spawn(move || {
                 let q = w.hq.shared();
@@ -233,22 +240,23 @@ fn a_wait_on_a_queue_that_stays_empty_times_out() {
 
 // ---- negative controls -----------------------------------------------------------------
 
-/// `wait::notify` without its SeqCst fence.
+/// `wait::notify` without its SeqCst fence (`notify_fenced` is exactly the rest).
 fn waker_without_fence(w: &World) {
     let q = w.hq.shared();
-    let (seq, waiters) = (&q.ctl.not_empty, &q.ctl.not_empty_waiters[..1]);
-    if waiters.iter().any(|b| b.load(Relaxed) != 0) {
-        seq.fetch_add(1, Release);
-        w.futex.wake_all(seq);
-    }
+    wait::notify_fenced(
+        &w.futex,
+        &q.ctl.not_empty,
+        &q.ctl.not_empty_waiters[..1],
+        false,
+    );
 }
 
-/// `wait::block_on_counted` with the same spin, fence, sequence load, poll and sleep, but
-/// without setting (or clearing) the waiter's bit.
+/// `wait::block_on_counted` with the same spin-and-yield, fence, sequence load, poll and
+/// sleep, but without setting (or clearing) the waiter's bit.
 fn waiter_without_bit(w: &World, _me: u16, poll: &mut dyn FnMut() -> Option<Got>) -> Wait<Got> {
     let q = w.hq.shared();
     let seq: &AtomicU32 = &q.ctl.not_empty;
-    for _ in 0..wait::SPIN_ROUNDS {
+    for _ in 0..PRE_SLEEP_POLLS {
         if let Some(g) = poll() {
             return Wait::Ready(g);
         }

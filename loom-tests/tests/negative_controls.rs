@@ -64,3 +64,48 @@ fn reading_pos_before_the_slot_word_lets_a_stale_consumer_claim_a_slot_being_wri
         run_script(&s)
     });
 }
+
+// ---- crash repair ------------------------------------------------------------------------
+
+use shmq_loom_tests::{Crash, Live, Victim};
+
+fn crash_case(victim: Victim, recover: bool) -> Crash {
+    Crash {
+        victim,
+        cap: 1,
+        at_most_once: false,
+        recover,
+        live: Live::Split,
+    }
+}
+
+#[test]
+#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
+fn without_recovery_a_message_held_by_a_killed_consumer_is_lost() {
+    // The victim claimed and read 0x01 and is killed before the first step of its ack.
+    shmq_loom_tests::assert_crash_hook_is_per_thread();
+    let c = crash_case(Victim::Ack, false);
+    must_fail(None, "no recovery, killed consumer", move || c.run(0));
+}
+
+#[test]
+#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
+fn without_recovery_the_loan_of_a_killed_producer_leaks() {
+    // Killed right after its alloc and write, before the first step of its publish.
+    shmq_loom_tests::assert_crash_hook_is_per_thread();
+    let c = crash_case(Victim::Send, false);
+    let k = c.steps_until_publish();
+    must_fail(None, "no recovery, killed producer", move || c.run(k));
+}
+
+#[test]
+#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
+fn without_helping_the_head_stays_stuck_behind_a_killed_consumers_cell() {
+    // The victim's claim CAS (R3) succeeded and it is killed before clearing its cell
+    // (R4): recovery makes the slot ORPHAN, but nobody may clear the cell, so the ring
+    // stays full of a claimed message and `head` never passes it.
+    shmq_loom_tests::assert_crash_hook_is_per_thread();
+    let c = crash_case(Victim::Recv, true);
+    let k = c.steps_until_cell_clear();
+    must_fail(Some(Mutation::NoHelping), "NoHelping", move || c.run(k));
+}
