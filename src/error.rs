@@ -42,6 +42,7 @@ pub struct Error {
     source: Option<io::Error>,
 }
 
+#[cfg_attr(shmq_loom, allow(dead_code))]
 impl Error {
     pub(crate) fn new(kind: ErrorKind, msg: impl Into<String>) -> Error {
         Error {

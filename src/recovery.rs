@@ -12,7 +12,8 @@
 //!   if state[d] != a: return (recovered already; the index may be someone else's now) (V0)
 //!   for each slot s whose word w names owner d:
 //!     LOANED(g, d):
-//!       if pos[s] != NONE and cell[i(pos)] == F(l(pos), s): leave it            (V1a)
+//!       p = pos[s]; if word[s] != w: skip (claimed, acked, re-loaned since)
+//!       if p != NONE and cell[i(p)] == F(l(p), s): leave it                      (V1a)
 //!       else: CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)                            (V1b)
 //!     HELD(g, d), at-least-once: CAS w -> ORPHAN(g); orphans += 1               (V2a)
 //!     HELD(g, d), at-most-once:  CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)         (V2b)
@@ -32,11 +33,14 @@
 //! | anyone | an ACTIVE record, counted as a live peer | V4 (so `Disconnected` can be seen) |
 //! | recovery itself killed after any step | a prefix of the above done | the next lease holder reruns it: each step is a CAS from the word it reads, or a store of a value that is already right |
 //!
-//! Why V1a reads `pos` then the cell: `pos` was written by the dead producer before its
-//! commit and nobody else writes it while the slot is LOANED by `d`; the cell can only
-//! change from `F(l(pos), s)` after a consumer claims `s`, which changes the slot word and
-//! makes the final CAS of V1b fail. So "leave it" and "free it" are each right at the
-//! moment the CAS decides.
+//! Why V1 reads `pos` and then the word again (a loom crash sweep found the loss without
+//! it): between the first read of `w` and the read of `pos`, a live consumer may claim
+//! and ack d's committed message and a live producer may loan the slot again and store its
+//! own `pos`; resetting *that* `pos` would make every consumer take the new message's cell
+//! for stale and clear it. Re-reading the word after `pos` proves `p` is still d's
+//! (generations never repeat). The cell can then only change from `F(l(p), s)` after a
+//! consumer claims `s`, which changes the word and makes V1b's final CAS fail, so "leave
+//! it" and "free it" are each right at the moment the CAS decides.
 //!
 //! V2a raises the `orphans` hint *after* the slot becomes ORPHAN. In the other order a
 //! receiver could read the raised hint, scan before the slot changes, find nothing and
@@ -46,7 +50,8 @@
 //! repair pass recounts ORPHAN slots and raises the hint to match ([`heal_orphan_hint`]).
 
 use crate::layout::{
-    part_role, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState, POS_NONE,
+    cell_full, part_role, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState,
+    POS_NONE,
 };
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
@@ -85,13 +90,22 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
         }
         match slot_state(w) {
             Some(SlotState::Loaned) => {
-                if crate::ring::is_committed(q, s as u32) {
+                // Read pos, then make sure the slot is still the dead one's: a consumer
+                // may have claimed and acked d's committed message since we read `w`, and
+                // a new producer may own the slot (and its pos) now. Generations never
+                // repeat, so an unchanged word means `p` is d's pos.
+                let p = rec.pos.load(Acquire);
+                if rec.word.load(Acquire) != w {
+                    continue;
+                }
+                let committed = p != POS_NONE
+                    && q.cells[q.idx(p)].load(Acquire) == cell_full(q.lap(p), s as u32);
+                if committed {
                     r.kept += 1; // V1a
                     continue;
                 }
-                // V1b: pos by CAS from the value is_committed saw, so a rerun racing a
-                // new owner cannot clobber that owner's pos.
-                let p = rec.pos.load(Acquire);
+                // V1b: uncommitted and its producer dead, so nobody else can touch it now;
+                // pos by CAS from `p` all the same, so a rerun never clobbers a later pos.
                 let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
                 if rec
                     .word

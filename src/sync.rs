@@ -51,7 +51,7 @@ macro_rules! atomic_wrapper {
         #[derive(Debug, Default)]
         pub struct $name(#[cfg(not(shmq_loom))] $std, #[cfg(shmq_loom)] $loom);
 
-        #[allow(dead_code)]
+        #[allow(dead_code, missing_docs)]
         impl $name {
             /// A new atomic holding `v`.
             #[cfg(not(shmq_loom))]
@@ -201,11 +201,13 @@ pub mod crash {
     #[derive(Debug)]
     pub struct Killed;
 
+    // Per *model* thread: loom runs all threads of a model on one OS thread, so a std
+    // thread-local would be shared by all of them.
     #[cfg(shmq_loom)]
-    std::thread_local! {
+    loom::thread_local! {
         // Steps left before the kill; `u64::MAX` = not a victim.
-        static LEFT: Cell<u64> = const { Cell::new(u64::MAX) };
-        static TAKEN: Cell<u64> = const { Cell::new(0) };
+        static LEFT: Cell<u64> = Cell::new(u64::MAX);
+        static TAKEN: Cell<u64> = Cell::new(0);
     }
 
     /// Counts one shared-memory step of the current thread; kills it if it is armed and
@@ -215,14 +217,22 @@ pub mod crash {
         #[cfg(shmq_loom)]
         {
             TAKEN.with(|t| t.set(t.get() + 1));
-            LEFT.with(|l| match l.get() {
-                u64::MAX => {}
+            // Decide inside `with`, panic outside it (never unwind through loom's
+            // thread-local access).
+            let kill = LEFT.with(|l| match l.get() {
+                u64::MAX => false,
                 0 => {
                     l.set(u64::MAX);
-                    std::panic::panic_any(Killed);
+                    true
                 }
-                n => l.set(n - 1),
+                n => {
+                    l.set(n - 1);
+                    false
+                }
             });
+            if kill {
+                std::panic::panic_any(Killed);
+            }
         }
     }
 
