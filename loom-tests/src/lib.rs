@@ -30,6 +30,9 @@ use std::time::Duration;
 /// The preemption bound of every model in the suite (loom's `LOOM_MAX_PREEMPTIONS`).
 pub const PREEMPTION_BOUND: usize = 2;
 
+/// Loom's limit on the branches (scheduling and load choices) of one execution.
+pub const MAX_BRANCHES: usize = 10_000;
+
 /// Runs `f` under loom with the suite's preemption bound (the environment variable is
 /// not needed, and is overridden if set). Returns how many executions loom explored (also
 /// printed, which `cargo test -- --nocapture` shows).
@@ -44,6 +47,9 @@ where
     let r = runs.clone();
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(PREEMPTION_BOUND);
+    // Per execution, not a bound on the exploration: two waiters polling 96 times each
+    // before they sleep (`wait::block_on`) take more than loom's default 1000.
+    b.max_branches = MAX_BRANCHES;
     b.check(move || {
         r.fetch_add(1, SeqCst);
         f()

@@ -292,3 +292,86 @@ fn a_waiter_that_does_not_set_its_bit_is_never_woken() {
         producer_wakes_blocked_consumer(waiter_without_bit, real_waker)
     });
 }
+
+#[test]
+fn two_blocked_consumers_are_each_woken_by_one_of_two_sends() {
+    // `notify` wakes one sleeper per message (`wake_one`). Both consumers block; the one
+    // that finishes its pre-sleep polls second starts the producer (see `LatePoll` for
+    // why so late), which sends two messages, each followed by `notify`. Each consumer
+    // must get one: a wake-up spent on a consumer that then finds nothing, with the
+    // other left asleep beside a message, would be a deadlock.
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst as StdSeqCst};
+    use std::sync::Mutex;
+    struct Gate {
+        spun: AtomicUsize,
+        producer: Mutex<Option<loom::thread::JoinHandle<()>>>,
+    }
+    fn consumer(w: Arc<World>, tx: Part, me: u16, gate: Arc<Gate>) -> u8 {
+        let q = w.hq.shared();
+        let mut calls = 0;
+        let r = wait::block_on(
+            &w.futex,
+            &q.ctl.not_empty,
+            &q.ctl.not_empty_waiters[..1],
+            me,
+            || {
+                calls += 1;
+                let r = claim_and_read(&q, me);
+                if calls == PRE_SLEEP_POLLS && gate.spun.fetch_add(1, StdSeqCst) == 1 {
+                    let w2 = w.clone();
+                    let p = loom::thread::spawn(move || {
+                        let q = w2.hq.shared();
+                        for v in [0x41, 0x42] {
+                            send(&q, &tx, v).expect("capacity 2 refused a message");
+                            real_waker(&w2);
+                        }
+                    });
+                    *gate.producer.lock().unwrap() = Some(p);
+                }
+                r
+            },
+            || Some(None),
+        );
+        match r {
+            Wait::Ready(g) => {
+                ack(&q, &g);
+                g.value
+            }
+            Wait::TimedOut => panic!("a wait without a deadline timed out"),
+        }
+    }
+    model(|| {
+        let w = Arc::new(World {
+            hq: queue(2, 4, false),
+            futex: LoomFutex::new(),
+        });
+        let (tx, c1, c2) = {
+            let q = w.hq.shared();
+            (
+                register(&q, 1, Role::Sender),
+                register(&q, 2, Role::Receiver),
+                register(&q, 3, Role::Receiver),
+            )
+        };
+        let gate = Arc::new(Gate {
+            spun: AtomicUsize::new(0),
+            producer: Mutex::new(None),
+        });
+        let (w2, g2) = (w.clone(), gate.clone());
+        let other = loom::thread::spawn(move || consumer(w2, tx, c2.idx, g2));
+        let a = consumer(w.clone(), tx, c1.idx, gate.clone());
+        let b = other.join().unwrap();
+        let p = gate.producer.lock().unwrap().take();
+        p.expect("producer started").join().unwrap();
+        let mut got = [a, b];
+        got.sort();
+        assert_eq!(got, [0x41, 0x42]);
+        let q = w.hq.shared();
+        assert_eq!(
+            q.ctl.not_empty_waiters[0].load(Relaxed),
+            0,
+            "a waiter bit was left set"
+        );
+        assert_all_free(&q);
+    });
+}
