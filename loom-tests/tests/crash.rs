@@ -24,7 +24,6 @@ fn crash(victim: Victim, cap: u32, at_most_once: bool) -> u64 {
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn the_crash_hook_kills_only_the_armed_thread_and_the_kill_can_be_caught() {
     // A kill is a panic caught by `catch_unwind` inside the loom thread (loom threads are
     // coroutines; a panic caught within one never reaches loom): this model checks both
@@ -33,55 +32,46 @@ fn the_crash_hook_kills_only_the_armed_thread_and_the_kill_can_be_caught() {
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; and recovery V1b (src/recovery.rs) wipes the pos of a live producer that re-loaned the slot, and its committed message is lost; see loom-tests/README.md"]
 fn a_send_killed_at_any_step_is_delivered_once_or_discarded() {
     crash(Victim::Send, 1, false);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn a_receive_killed_at_any_step_loses_and_duplicates_nothing() {
     crash(Victim::Recv, 1, false);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn a_receive_killed_at_any_step_under_at_most_once_drops_only_what_it_held() {
     crash(Victim::Recv, 1, true);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn an_ack_killed_at_any_step_redelivers_the_message_once() {
     crash(Victim::Ack, 1, false);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn an_ack_killed_at_any_step_under_at_most_once_never_redelivers() {
     crash(Victim::Ack, 1, true);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; and recovery V1b (src/recovery.rs) wipes the pos of a live producer that re-loaned the slot, and its committed message is lost; see loom-tests/README.md"]
 fn a_recovery_killed_at_any_step_and_run_again_repairs_everything_once() {
     crash(Victim::Recovery, 1, false);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; and recovery V1b (src/recovery.rs) wipes the pos of a live producer that re-loaned the slot, and its committed message is lost; see loom-tests/README.md"]
 fn a_recovery_killed_at_any_step_under_at_most_once_drops_the_held_message_once() {
     crash(Victim::Recovery, 1, true);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; and recovery V1b (src/recovery.rs) wipes the pos of a live producer that re-loaned the slot, and its committed message is lost; see loom-tests/README.md"]
 fn a_send_killed_at_any_step_in_a_two_cell_ring_is_delivered_once_or_discarded() {
     crash(Victim::Send, 2, false);
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn a_receive_killed_at_any_step_in_a_two_cell_ring_loses_and_duplicates_nothing() {
     crash(Victim::Recv, 2, false);
 }

@@ -80,7 +80,6 @@ fn crash_case(victim: Victim, recover: bool) -> Crash {
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn without_recovery_a_message_held_by_a_killed_consumer_is_lost() {
     // The victim claimed and read 0x01 and is killed before the first step of its ack.
     shmq_loom_tests::assert_crash_hook_is_per_thread();
@@ -89,7 +88,6 @@ fn without_recovery_a_message_held_by_a_killed_consumer_is_lost() {
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn without_recovery_the_loan_of_a_killed_producer_leaks() {
     // Killed right after its alloc and write, before the first step of its publish.
     shmq_loom_tests::assert_crash_hook_is_per_thread();
@@ -99,7 +97,6 @@ fn without_recovery_the_loan_of_a_killed_producer_leaks() {
 }
 
 #[test]
-#[ignore = "fails: sync::crash keeps its step counters in std thread-locals, which all loom threads of a model share, so a kill hits whichever thread steps next; see loom-tests/README.md"]
 fn without_helping_the_head_stays_stuck_behind_a_killed_consumers_cell() {
     // The victim's claim CAS (R3) succeeded and it is killed before clearing its cell
     // (R4): recovery makes the slot ORPHAN, but nobody may clear the cell, so the ring
