@@ -652,7 +652,9 @@ impl Receiver {
                 Ok(seg) => (seg.ptr() as *const u8, Some(seg)),
                 Err(e) => {
                     // Could not map it here (out of descriptors or address space?): hand
-                    // the message back for redelivery rather than lose it.
+                    // the message back for redelivery rather than lose it. Same order as
+                    // recovery V2a: the slot first, then the hint; killed in between, the
+                    // next repair pass raises the hint (`recovery::heal_orphan_hint`).
                     let orphan = crate::layout::slot_word(
                         crate::layout::slot_gen(word),
                         SlotState::Orphan,

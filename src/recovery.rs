@@ -170,6 +170,11 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
 /// (`shutdown::release_all`): its records stay ACTIVE, and its loans are left for the
 /// recovery that follows its death, because a thread of it may still be writing into
 /// them. Only `d` itself may call this (nobody else changes `HELD(_, d)` while `d` lives).
+///
+/// Killed while running it (the process is exiting anyway): each slot is one CAS
+/// `HELD(g, d) -> ORPHAN(g)` (then the hint, as V2a) or `-> FREE(g+1)`; the slots not yet
+/// handed back are still HELD by `d`, and the recovery that follows `d`'s death does the
+/// rest.
 pub fn return_held(q: &Shared<'_>, d: u16) -> u64 {
     let mut n = 0;
     for rec in q.slots {

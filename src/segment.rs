@@ -22,7 +22,14 @@
 //! ```
 //!
 //! Killed after G1/G2: the slot is LOANED by the dead and recovery frees it; the next owner
-//! finds `seg_size` and the file size disagreeing and sizes the object again. The payload
+//! finds `seg_size` and the file size disagreeing and sizes the object again.
+//!
+//! Trimming (to make room under the bound) takes a FREE slot exactly like an allocation
+//! (`FREE(g) -> LOANED(g, me)`), bumps its epoch, truncates the object to 0, sets
+//! `seg_size` to 0 and frees the slot. Killed at any point of it: the slot is LOANED by
+//! the dead with `pos` NONE, so recovery frees it (recovery.rs V1b), and `seg_size` may
+//! say more than the file holds, which the next owner detects as after G1/G2. This path
+//! has no named crash point of its own; it is the allocation window `send.alloc` covers. The payload
 //! bound is checked when a segment grows; producers growing at the same moment can each
 //! pass the check, so the bound can be overshot by at most one class per concurrent grower.
 
