@@ -23,6 +23,9 @@ pub(crate) struct Participant {
     /// Threads of this process blocked on this participant's bit, per word:
     /// `[not_empty, not_full, acks]` (see `wait::block_on_counted`).
     blocked: [std::sync::atomic::AtomicU32; 3],
+    /// A sender's slot-scan cursor: the slot after the one it took last. Threads sharing
+    /// the handle may overwrite each other's value; that only moves where a scan starts.
+    cursor: std::sync::atomic::AtomicU32,
 }
 
 impl Participant {
@@ -32,6 +35,7 @@ impl Participant {
             q,
             reg: Some(reg),
             blocked: Default::default(),
+            cursor: std::sync::atomic::AtomicU32::new(0),
         }))
     }
     fn reg(&self) -> &Reg {
@@ -59,11 +63,17 @@ fn remaining(
     deadline: Option<Instant>,
 ) -> impl FnMut() -> Option<Option<Duration>> + '_ {
     let slice = q.wait_slice();
-    let mut last_repair = Instant::now();
+    // Read the clock only once the waiter is about to sleep (this callback is not called
+    // before): a send or receive that succeeds at once reads no clock.
+    let mut last_repair: Option<Instant> = None;
     move || {
-        if last_repair.elapsed() >= slice {
-            let _ = crate::supervisor::repair(q);
-            last_repair = Instant::now();
+        match last_repair {
+            None => last_repair = Some(Instant::now()),
+            Some(t) if t.elapsed() >= slice => {
+                let _ = crate::supervisor::repair(q);
+                last_repair = Some(Instant::now());
+            }
+            Some(_) => {}
         }
         match deadline {
             None => Some(Some(slice)),
@@ -204,10 +214,15 @@ impl Sender {
         let me = self.p.idx();
         let fits =
             |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
-        let start = s.ctl.free_hint.load(Relaxed) as usize;
-        let Some((slot, word)) = slots::alloc(&s, me, start, fits) else {
+        // The slot freed last first (warm everywhere), else a scan from this sender's cursor.
+        let hint = s.ctl.free_hint.load(Relaxed) as usize;
+        let cursor = &self.p.cursor;
+        let got = slots::take_if_free(&s, me, hint, fits)
+            .or_else(|| slots::alloc(&s, me, cursor.load(Relaxed) as usize, fits));
+        let Some((slot, word)) = got else {
             return Ok(None);
         };
+        cursor.store(slot.wrapping_add(1), Relaxed);
         crate::fault::point("send.alloc");
         let rec = &s.slots[slot as usize];
         let (ptr, seg) = if segment::is_inline(len) {
@@ -617,8 +632,12 @@ impl Receiver {
         let _op = q.enter().ok_or_else(Error::closed)?;
         let s = q.shared();
         let me = self.p.idx();
-        if let Some((slot, word)) = slots::claim_orphan(&s, me, q.next_cursor()) {
-            return self.build(slot, word, true).map(Some);
+        // (The hint is read once more inside; this test only spares the common case the
+        // cursor's read-modify-write.)
+        if s.ctl.counters.orphans.load(Relaxed) != 0 {
+            if let Some((slot, word)) = slots::claim_orphan(&s, me, q.next_cursor()) {
+                return self.build(slot, word, true).map(Some);
+            }
         }
         match ring::claim(&s, me) {
             Ok(c) => {

@@ -35,10 +35,12 @@ use crate::layout::{
 };
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-/// Takes a FREE slot for participant `me`, scanning from `start` (a per-handle cursor that
-/// spreads producers over the table). `fits(s)` ranks a candidate: slots for which it
-/// returns true are preferred (their segment is already big enough); if none within the
-/// table fits, the first FREE slot is taken.
+/// Takes a FREE slot for participant `me`, scanning the table once from `start` (the
+/// caller's cursor: the slot after the one it took last, so a producer that takes several
+/// slots in a row finds each in a step or two instead of rescanning what it took).
+/// `fits(s)` ranks a candidate: slots for which it returns true are preferred (their
+/// segment is already big enough); if none within the table fits, the first FREE slot is
+/// taken.
 ///
 /// Returns `(slot, LOANED word)` or `None` if every slot is in use.
 pub fn alloc(
@@ -48,33 +50,48 @@ pub fn alloc(
     mut fits: impl FnMut(u32) -> bool,
 ) -> Option<(u32, u64)> {
     let n = q.slots.len();
+    let start = if start < n { start } else { 0 };
     let mut fallback = None;
-    for k in 0..n {
-        let s = (start + k) % n;
+    let mut s = start;
+    for _ in 0..n {
         let w = q.slots[s].word.load(Relaxed);
-        if slot_state(w) != Some(SlotState::Free) {
-            continue;
+        if slot_state(w) == Some(SlotState::Free) {
+            if !fits(s as u32) {
+                fallback.get_or_insert(s);
+            } else if let Some(got) = try_take(q, me, s, w) {
+                return Some(got);
+            }
         }
-        if !fits(s as u32) {
-            fallback.get_or_insert(s);
-            continue;
-        }
-        if let Some(got) = try_take(q, me, s, w) {
-            return Some(got);
+        s += 1;
+        if s == n {
+            s = 0;
         }
     }
     // Nothing that fits is free: take any free slot (it will be resized).
-    let s0 = fallback?;
-    for k in 0..n {
-        let s = (s0 + k) % n;
+    let mut s = fallback?;
+    for _ in 0..n {
         let w = q.slots[s].word.load(Relaxed);
         if slot_state(w) == Some(SlotState::Free) {
             if let Some(got) = try_take(q, me, s, w) {
                 return Some(got);
             }
         }
+        s += 1;
+        if s == n {
+            s = 0;
+        }
     }
     None
+}
+
+/// Takes slot `s` for participant `me` if it is FREE and `fits`: the one-step attempt a
+/// producer makes on the shared `free_hint` before it scans.
+pub fn take_if_free(q: &Shared<'_>, me: u16, s: usize, fits: impl FnOnce(u32) -> bool) -> Option<(u32, u64)> {
+    let w = q.slots.get(s)?.word.load(Relaxed);
+    if slot_state(w) != Some(SlotState::Free) || !fits(s as u32) {
+        return None;
+    }
+    try_take(q, me, s, w)
 }
 
 fn try_take(q: &Shared<'_>, me: u16, s: usize, w: u64) -> Option<(u32, u64)> {

@@ -47,7 +47,7 @@ where
     let r = runs.clone();
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(PREEMPTION_BOUND);
-    // Per execution, not a bound on the exploration: two waiters polling 96 times each
+    // Per execution, not a bound on the exploration: two waiters polling 32 times each (`SPIN_ROUNDS + YIELD_ROUNDS`)
     // before they sleep (`wait::block_on`) take more than loom's default 1000.
     b.max_branches = MAX_BRANCHES;
     b.check(move || {

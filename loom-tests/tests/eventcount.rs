@@ -37,7 +37,7 @@ fn world() -> Arc<World> {
 /// Why so late: loom's `yield_now` (our `spin_hint`) assumes fairness: a yielding thread
 /// lets the others run, and after a yield its loads may not return again a value it saw
 /// before the yield if a newer one exists. A producer started together with the waiter
-/// therefore gets through its send during the 96 spin rounds unless it is preempted at
+/// therefore gets through its send during the 32 spin and yield rounds unless it is preempted at
 /// every one of them, and at preemption bound 2 the waiter never reaches the bit, the
 /// fence and the sleep: the eventcount is not exercised at all (5 executions, and both
 /// negative controls pass). Even a spawn at the *start* of the last poll is too early
