@@ -53,14 +53,46 @@ const MI: usize = 1024 * 1024;
 const GI: usize = 1024 * 1024 * 1024;
 
 const SIZES: &[SizeCfg] = &[
-    SizeCfg { size: 8, total: (300_000, 50_000), capacity: 64 },
-    SizeCfg { size: 64, total: (300_000, 50_000), capacity: 64 },
-    SizeCfg { size: KI, total: (200_000, 20_000), capacity: 64 },
-    SizeCfg { size: 64 * KI, total: (10_000, 2_000), capacity: 64 },
-    SizeCfg { size: MI, total: (500, 100), capacity: 16 },
-    SizeCfg { size: 16 * MI, total: (48, 16), capacity: 4 },
-    SizeCfg { size: 256 * MI, total: (8, 4), capacity: 2 },
-    SizeCfg { size: GI, total: (4, 4), capacity: 2 },
+    SizeCfg {
+        size: 8,
+        total: (300_000, 50_000),
+        capacity: 64,
+    },
+    SizeCfg {
+        size: 64,
+        total: (300_000, 50_000),
+        capacity: 64,
+    },
+    SizeCfg {
+        size: KI,
+        total: (200_000, 20_000),
+        capacity: 64,
+    },
+    SizeCfg {
+        size: 64 * KI,
+        total: (10_000, 2_000),
+        capacity: 64,
+    },
+    SizeCfg {
+        size: MI,
+        total: (500, 100),
+        capacity: 16,
+    },
+    SizeCfg {
+        size: 16 * MI,
+        total: (48, 16),
+        capacity: 4,
+    },
+    SizeCfg {
+        size: 256 * MI,
+        total: (8, 4),
+        capacity: 2,
+    },
+    SizeCfg {
+        size: GI,
+        total: (4, 4),
+        capacity: 2,
+    },
 ];
 
 /// (system, api, label)
@@ -78,7 +110,15 @@ const SYSTEMS: &[(&str, &str, &str)] = &[
     ("crossbeam", "loan", "crossbeam in place (threads)"),
 ];
 
-const LAT_SYSTEMS: &[&str] = &["shmq", "uds", "pipe", "ipc-channel", "iceoryx2", "shaq", "crossbeam"];
+const LAT_SYSTEMS: &[&str] = &[
+    "shmq",
+    "uds",
+    "pipe",
+    "ipc-channel",
+    "iceoryx2",
+    "shaq",
+    "crossbeam",
+];
 
 fn size_label(s: usize) -> String {
     if s >= GI {
@@ -213,7 +253,11 @@ fn set_cloexec(fd: RawFd, on: bool) {
     // SAFETY: fcntl on a descriptor this process owns.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFD);
-        let fl = if on { fl | libc::FD_CLOEXEC } else { fl & !libc::FD_CLOEXEC };
+        let fl = if on {
+            fl | libc::FD_CLOEXEC
+        } else {
+            fl & !libc::FD_CLOEXEC
+        };
         libc::fcntl(fd, libc::F_SETFD, fl);
     }
 }
@@ -410,7 +454,10 @@ fn verify(reports: &[Report], p: u32, per_producer: u64) -> Vec<String> {
             errs.push(format!("{} {}: {e}", r.role, r.idx));
         }
         if r.role == "prod" && r.sent != per_producer {
-            errs.push(format!("producer {} sent {} of {per_producer}", r.idx, r.sent));
+            errs.push(format!(
+                "producer {} sent {} of {per_producer}",
+                r.idx, r.sent
+            ));
         }
         if let Some(s) = &r.seen {
             for i in 0..p as usize {
@@ -432,15 +479,23 @@ fn verify(reports: &[Report], p: u32, per_producer: u64) -> Vec<String> {
     }
     for i in 0..p as usize {
         if count[i] != per_producer {
-            errs.push(format!("producer {i}: {} of {per_producer} messages arrived", count[i]));
+            errs.push(format!(
+                "producer {i}: {} of {per_producer} messages arrived",
+                count[i]
+            ));
         }
         let want = (per_producer as u128 * (per_producer as u128).saturating_sub(1) / 2) as u64;
         if seq_sum[i] != want {
-            errs.push(format!("producer {i}: sequence sum {} != {want} (duplicates or losses)", seq_sum[i]));
+            errs.push(format!(
+                "producer {i}: sequence sum {} != {want} (duplicates or losses)",
+                seq_sum[i]
+            ));
         }
     }
     if compared < p as u64 {
-        errs.push(format!("only {compared} first messages compared word by word"));
+        errs.push(format!(
+            "only {compared} first messages compared word by word"
+        ));
     }
     errs
 }
@@ -458,7 +513,15 @@ fn close_fd(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-fn throughput_case(sys: &str, api: &str, label: &str, sc: &SizeCfg, topo: (u32, u32), run: u32, quick: bool) -> Tput {
+fn throughput_case(
+    sys: &str,
+    api: &str,
+    label: &str,
+    sc: &SizeCfg,
+    topo: (u32, u32),
+    run: u32,
+    quick: bool,
+) -> Tput {
     let (p, c) = topo;
     let mut total = if quick { sc.total.1 } else { sc.total.0 };
     if api == "touch" {
@@ -510,8 +573,18 @@ fn throughput_case(sys: &str, api: &str, label: &str, sc: &SizeCfg, topo: (u32, 
     if errors.is_empty() {
         errors = verify(&reports, p, warm + n);
     }
-    let t0 = reports.iter().filter(|r| r.role == "prod").map(|r| r.t_start).min().unwrap_or(0);
-    let t1 = reports.iter().filter(|r| r.role == "cons").map(|r| r.t_end).max().unwrap_or(0);
+    let t0 = reports
+        .iter()
+        .filter(|r| r.role == "prod")
+        .map(|r| r.t_start)
+        .min()
+        .unwrap_or(0);
+    let t1 = reports
+        .iter()
+        .filter(|r| r.role == "cons")
+        .map(|r| r.t_end)
+        .max()
+        .unwrap_or(0);
     let secs = t1.saturating_sub(t0) as f64 / 1e9;
     let timed = n * p as u64;
     let ok = errors.is_empty() && secs > 0.0;
@@ -528,7 +601,11 @@ fn throughput_case(sys: &str, api: &str, label: &str, sc: &SizeCfg, topo: (u32, 
         timed_msgs: timed,
         secs,
         msgs_per_s: if ok { timed as f64 / secs } else { 0.0 },
-        gbps: if ok { (timed as f64 * sc.size as f64) / secs / 1e9 } else { 0.0 },
+        gbps: if ok {
+            (timed as f64 * sc.size as f64) / secs / 1e9
+        } else {
+            0.0
+        },
         ns_per_msg: if ok { secs * 1e9 / timed as f64 } else { 0.0 },
         ok,
         errors,
@@ -541,7 +618,11 @@ fn throughput_case(sys: &str, api: &str, label: &str, sc: &SizeCfg, topo: (u32, 
 }
 
 /// Sets up the transport, runs consumers and producers as processes, collects reports.
-fn run_children(base: &Spec, prefixes: &[String], shm_end: &mut u64) -> Result<Vec<Report>, String> {
+fn run_children(
+    base: &Spec,
+    prefixes: &[String],
+    shm_end: &mut u64,
+) -> Result<Vec<Report>, String> {
     let (p, c) = (base.producers, base.consumers);
     let sys = base.sys.as_str();
     let limit = Duration::from_secs(if base.size >= 256 * MI { 300 } else { 180 });
@@ -576,7 +657,12 @@ fn run_children(base: &Spec, prefixes: &[String], shm_end: &mut u64) -> Result<V
                 // SAFETY: `fds` has room for the two descriptors either call returns.
                 let rc = unsafe {
                     if sys == "uds" {
-                        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+                        libc::socketpair(
+                            libc::AF_UNIX,
+                            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                            0,
+                            fds.as_mut_ptr(),
+                        )
                     } else {
                         libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC)
                     }
@@ -616,7 +702,13 @@ fn run_children(base: &Spec, prefixes: &[String], shm_end: &mut u64) -> Result<V
         let mut rx = ipc_rx.get_mut(j as usize).and_then(|r| r.take());
         k.until_ready(|l| {
             if let Some(rx) = rx.take() {
-                give_ipc(l, sys::ipc_sys::Ends { tx: None, rx: Some(rx) });
+                give_ipc(
+                    l,
+                    sys::ipc_sys::Ends {
+                        tx: None,
+                        rx: Some(rx),
+                    },
+                );
             }
         })?;
         kids_c.push(k);
@@ -626,12 +718,21 @@ fn run_children(base: &Spec, prefixes: &[String], shm_end: &mut u64) -> Result<V
         let mut s = spec.clone();
         s.role = "prod".into();
         s.idx = i;
-        s.fds = prod_fds.get(i as usize).map(|&f| vec![f]).unwrap_or_default();
+        s.fds = prod_fds
+            .get(i as usize)
+            .map(|&f| vec![f])
+            .unwrap_or_default();
         let mut k = spawn(&s, &s.fds, &wd);
         let mut tx = ipc_tx.map(|_| ipc_txs[(i % c) as usize].clone());
         k.until_ready(|l| {
             if let Some(tx) = tx.take() {
-                give_ipc(l, sys::ipc_sys::Ends { tx: Some(tx), rx: None });
+                give_ipc(
+                    l,
+                    sys::ipc_sys::Ends {
+                        tx: Some(tx),
+                        rx: None,
+                    },
+                );
             }
         })?;
         kids_p.push(k);
@@ -777,7 +878,15 @@ fn latency_children(base: &Spec) -> Result<(LatReport, LatReport), String> {
         "uds" => {
             let mut s = [0i32; 2];
             // SAFETY: room for two descriptors.
-            if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, s.as_mut_ptr()) } != 0 {
+            if unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    s.as_mut_ptr(),
+                )
+            } != 0
+            {
                 return Err(std::io::Error::last_os_error().to_string());
             }
             fds = [vec![s[0], s[0]], vec![s[1], s[1]]];
@@ -798,8 +907,14 @@ fn latency_children(base: &Spec) -> Result<(LatReport, LatReport), String> {
             let (t1, r1) = ipc_channel::ipc::bytes_channel().map_err(|e| e.to_string())?;
             let (t2, r2) = ipc_channel::ipc::bytes_channel().map_err(|e| e.to_string())?;
             ipc = [
-                Some(sys::ipc_sys::Ends { tx: Some(t1), rx: Some(r2) }),
-                Some(sys::ipc_sys::Ends { tx: Some(t2), rx: Some(r1) }),
+                Some(sys::ipc_sys::Ends {
+                    tx: Some(t1),
+                    rx: Some(r2),
+                }),
+                Some(sys::ipc_sys::Ends {
+                    tx: Some(t2),
+                    rx: Some(r1),
+                }),
             ];
         }
         s => return Err(format!("unknown system {s}")),
@@ -837,7 +952,10 @@ fn latency_children(base: &Spec) -> Result<(LatReport, LatReport), String> {
     if wd.fired.load(Ordering::Relaxed) {
         return Err("watchdog fired".into());
     }
-    Ok((ping.lat.ok_or("no ping result")?, pong.lat.ok_or("no pong result")?))
+    Ok((
+        ping.lat.ok_or("no ping result")?,
+        pong.lat.ok_or("no pong result")?,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -879,8 +997,32 @@ fn machine() -> serde_json::Value {
     })
 }
 
+/// Names in /dev/shm that iceoryx2 creates on its own (its global management segment,
+/// `iox2_*`), not tied to a service we remove.
+fn iox2_objects() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("iox2_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// On drop, removes the `iox2_*` objects that appeared in /dev/shm since `new` (after
+/// every iceoryx2 process of the run has ended), leaving other users' alone.
+struct Iox2Cleanup(std::collections::BTreeSet<String>);
+impl Drop for Iox2Cleanup {
+    fn drop(&mut self) {
+        for n in iox2_objects().difference(&self.0) {
+            let _ = std::fs::remove_file(format!("/dev/shm/{n}"));
+        }
+    }
+}
+
 fn run(args: &[String]) {
     let o = parse_opts(args);
+    let cleanup = Iox2Cleanup(iox2_objects());
     let t_begin = now_ns();
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -926,7 +1068,12 @@ fn run(args: &[String]) {
                             continue;
                         }
                         if let Err(why) = applicable(sys, sc, topo) {
-                            let s = format!("{label} {} {}->{}: {why}", size_label(sc.size), topo.0, topo.1);
+                            let s = format!(
+                                "{label} {} {}->{}: {why}",
+                                size_label(sc.size),
+                                topo.0,
+                                topo.1
+                            );
                             if run == 0 {
                                 eprintln!("skip {s}");
                                 out.skipped.push(s);
@@ -942,7 +1089,11 @@ fn run(args: &[String]) {
                             label,
                             t.msgs_per_s,
                             t.gbps,
-                            if t.ok { "ok".to_string() } else { format!("FAILED {:?}", t.errors) }
+                            if t.ok {
+                                "ok".to_string()
+                            } else {
+                                format!("FAILED {:?}", t.errors)
+                            }
                         );
                         if !t.ok {
                             failed += 1;
@@ -976,7 +1127,11 @@ fn run(args: &[String]) {
                         "[run {run}] latency {sys:<12} {mode:<5} rtt {} one-way {} ns {}",
                         f(&l.rtt),
                         f(&l.oneway),
-                        if l.ok { "ok".to_string() } else { format!("FAILED {:?}", l.errors) }
+                        if l.ok {
+                            "ok".to_string()
+                        } else {
+                            format!("FAILED {:?}", l.errors)
+                        }
                     );
                     if !l.ok {
                         failed += 1;
@@ -990,7 +1145,11 @@ fn run(args: &[String]) {
         out.duration_s = (now_ns() - t_begin) as f64 / 1e9;
         std::fs::write(&o.out, serde_json::to_string_pretty(&out).unwrap()).expect("write results");
     }
-    eprintln!("wrote {} ({:.0} s, {failed} failed cases)", o.out, out.duration_s);
+    eprintln!(
+        "wrote {} ({:.0} s, {failed} failed cases)",
+        o.out, out.duration_s
+    );
+    drop(cleanup); // exit() below skips destructors
     if failed > 0 {
         std::process::exit(1);
     }
