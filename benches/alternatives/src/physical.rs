@@ -46,12 +46,20 @@ pub fn measure(size: usize, run: u32, budget_ns: u64) -> Phys {
     let memcpy_ns = time_per_op(budget_ns, batch, || {
         // SAFETY: two distinct allocations of `words` u64 each.
         unsafe {
-            std::ptr::copy_nonoverlapping(black_box(src.as_ptr()), black_box(dst.as_mut_ptr()), words)
+            std::ptr::copy_nonoverlapping(
+                black_box(src.as_ptr()),
+                black_box(dst.as_mut_ptr()),
+                words,
+            )
         };
         black_box(&dst);
     });
     // Correctness of the copy (a benchmark checks its answer).
-    assert_eq!(sum_words(&dst), expected_sum(words, 1), "memcpy produced wrong bytes");
+    assert_eq!(
+        sum_words(&dst),
+        expected_sum(words, 1),
+        "memcpy produced wrong bytes"
+    );
     let mut st = 0;
     let fill_ns = time_per_op(budget_ns, batch, || {
         st += 1;

@@ -482,7 +482,11 @@ pub fn lat_fill(w: &mut [u64], seq: u64, t: u64) {
 pub fn lat_ok(w: &[u64], seq: u64) -> bool {
     w.len() >= 2
         && w[0] == seq
-        && sum_words(w) == expected_sum(w.len(), 0).wrapping_add(w[0]).wrapping_add(w[1]).wrapping_sub(K)
+        && sum_words(w)
+            == expected_sum(w.len(), 0)
+                .wrapping_add(w[0])
+                .wrapping_add(w[1])
+                .wrapping_sub(K)
 }
 
 /// One end of a two-way transport, as the latency driver sees it.
@@ -558,7 +562,11 @@ pub fn run_latency(spec: &Spec, ctl: &mut Ctl, d: &mut dyn Duplex) -> Report {
     let (rss_start, _) = rss();
     ctl.ready_then_wait_go();
     let t_start = now_ns();
-    let lat = if spec.role == "ping" { ping(spec, d) } else { pong(spec, d) };
+    let lat = if spec.role == "ping" {
+        ping(spec, d)
+    } else {
+        pong(spec, d)
+    };
     let (rss_end, shmem_end) = rss();
     Report {
         role: spec.role.clone(),
@@ -601,7 +609,13 @@ pub fn run_producer(spec: &Spec, ctl: &mut Ctl, mut one: impl FnMut(u64)) -> Rep
 
 /// Builds a consumer's report. `t_last` is the clock read when the consumer last found
 /// nothing to read after a message (the end of its useful work).
-pub fn consumer_report(spec: &Spec, v: Verifier, rss_start: u64, t_start: u64, t_last: u64) -> Report {
+pub fn consumer_report(
+    spec: &Spec,
+    v: Verifier,
+    rss_start: u64,
+    t_start: u64,
+    t_last: u64,
+) -> Report {
     let (rss_end, shmem_end) = rss();
     Report {
         role: "cons".into(),

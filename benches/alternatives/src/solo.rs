@@ -19,11 +19,16 @@ pub fn main(args: &[String]) {
     let sizes: Vec<usize> = if args.is_empty() {
         vec![8, 64, 1024, 65536, 1 << 20]
     } else {
-        args.iter().map(|a| a.parse().expect("size in bytes")).collect()
+        args.iter()
+            .map(|a| a.parse().expect("size in bytes"))
+            .collect()
     };
     let cap = 64usize;
     println!("shmq, one thread, capacity {cap}: ns per operation (median of 5 batches)");
-    println!("{:>9} {:>10} {:>12} {:>10} {:>12} {:>10} {:>12}", "size", "send", "recv+drop", "loan+fill+send", "recv+sum+drop", "fill", "sum");
+    println!(
+        "{:>9} {:>10} {:>12} {:>10} {:>12} {:>10} {:>12}",
+        "size", "send", "recv+drop", "loan+fill+send", "recv+sum+drop", "fill", "sum"
+    );
     for size in sizes {
         let (tx, rx) = shmq::channel(cap).expect("channel");
         let mut src = Source::new(size);

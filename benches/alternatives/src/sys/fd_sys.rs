@@ -10,7 +10,11 @@ fn set_nonblocking(fd: i32, on: bool) {
     // SAFETY: fcntl on a descriptor this process owns; flags are read before being set.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
-        let fl = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+        let fl = if on {
+            fl | libc::O_NONBLOCK
+        } else {
+            fl & !libc::O_NONBLOCK
+        };
         libc::fcntl(fd, libc::F_SETFL, fl);
     }
 }

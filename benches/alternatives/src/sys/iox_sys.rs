@@ -9,9 +9,9 @@
 //! end with an end marker; a consumer stops after one from each of its publishers.
 
 use crate::proto::*;
-use iceoryx2::prelude::*;
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
+use iceoryx2::prelude::*;
 use iceoryx2::service::port_factory::publish_subscribe::PortFactory as PsFactory;
 
 type Pub = Publisher<ipc::Service, [u64], ()>;
@@ -19,7 +19,9 @@ type Sub = Subscriber<ipc::Service, [u64], ()>;
 
 pub fn node() -> Node<ipc::Service> {
     set_log_level(LogLevel::Error);
-    NodeBuilder::new().create::<ipc::Service>().expect("iceoryx2 node")
+    NodeBuilder::new()
+        .create::<ipc::Service>()
+        .expect("iceoryx2 node")
 }
 
 pub fn service(
@@ -58,7 +60,9 @@ fn subscriber(s: &PsFactory<ipc::Service, [u64], ()>, capacity: usize) -> Sub {
 }
 
 fn publishers_of(spec: &Spec, consumer: u32) -> usize {
-    (0..spec.producers).filter(|p| p % spec.consumers == consumer).count()
+    (0..spec.producers)
+        .filter(|p| p % spec.consumers == consumer)
+        .count()
 }
 
 /// Sends until at least one subscriber got the sample: a publisher that has not yet
@@ -67,7 +71,11 @@ fn send_in_place(p: &Pub, words: usize, st: u64) {
     loop {
         let mut s = p.loan_slice_uninit(words).expect("loan");
         for (i, w) in s.payload_mut().iter_mut().enumerate() {
-            w.write(if i == 0 { st } else { (i as u64).wrapping_mul(K) });
+            w.write(if i == 0 {
+                st
+            } else {
+                (i as u64).wrapping_mul(K)
+            });
         }
         // SAFETY: every element was written just above.
         if unsafe { s.assume_init() }.send().expect("send") > 0 {
@@ -93,7 +101,12 @@ fn send_copy(p: &Pub, src: &[u64]) {
 pub fn producer(spec: &Spec, ctl: &mut Ctl) -> Report {
     let node = node();
     let c = spec.idx % spec.consumers;
-    let svc = service(&node, &spec.names[c as usize], spec.capacity, publishers_of(spec, c));
+    let svc = service(
+        &node,
+        &spec.names[c as usize],
+        spec.capacity,
+        publishers_of(spec, c),
+    );
     let words = spec.size / 8;
     let p = publisher(&svc, words);
     let r = if spec.mode == "loan" {
@@ -112,7 +125,12 @@ pub fn producer(spec: &Spec, ctl: &mut Ctl) -> Report {
 
 pub fn consumer(spec: &Spec, ctl: &mut Ctl) -> Report {
     let node = node();
-    let svc = service(&node, &spec.names[spec.idx as usize], spec.capacity, publishers_of(spec, spec.idx));
+    let svc = service(
+        &node,
+        &spec.names[spec.idx as usize],
+        spec.capacity,
+        publishers_of(spec, spec.idx),
+    );
     let sub = subscriber(&svc, spec.capacity);
     let ends = publishers_of(spec, spec.idx) as u64;
     let (rss_start, _) = rss();

@@ -21,12 +21,30 @@ pub struct Item<const W: usize>(pub [u64; W]);
 macro_rules! with_item {
     ($size:expr, $T:ident => $body:expr, _ => $none:expr) => {
         match $size {
-            8 => { type $T = $crate::sys::shaq_sys::Item<1>; $body }
-            64 => { type $T = $crate::sys::shaq_sys::Item<8>; $body }
-            1024 => { type $T = $crate::sys::shaq_sys::Item<128>; $body }
-            65536 => { type $T = $crate::sys::shaq_sys::Item<8192>; $body }
-            1048576 => { type $T = $crate::sys::shaq_sys::Item<131072>; $body }
-            16777216 => { type $T = $crate::sys::shaq_sys::Item<2097152>; $body }
+            8 => {
+                type $T = $crate::sys::shaq_sys::Item<1>;
+                $body
+            }
+            64 => {
+                type $T = $crate::sys::shaq_sys::Item<8>;
+                $body
+            }
+            1024 => {
+                type $T = $crate::sys::shaq_sys::Item<128>;
+                $body
+            }
+            65536 => {
+                type $T = $crate::sys::shaq_sys::Item<8192>;
+                $body
+            }
+            1048576 => {
+                type $T = $crate::sys::shaq_sys::Item<131072>;
+                $body
+            }
+            16777216 => {
+                type $T = $crate::sys::shaq_sys::Item<2097152>;
+                $body
+            }
             _ => $none,
         }
     };
@@ -37,7 +55,11 @@ pub fn supports(size: usize) -> bool {
 }
 
 fn open(path: &str) -> File {
-    OpenOptions::new().read(true).write(true).open(path).expect("open shaq file")
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open shaq file")
 }
 
 /// Creates the queue file (the orchestrator is the sole initializer) and returns a

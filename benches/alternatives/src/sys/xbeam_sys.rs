@@ -37,7 +37,8 @@ pub fn throughput(spec: &Spec) -> Vec<Report> {
     let full = Arc::new(ArrayQueue::<Buf>::new(spec.capacity));
     let free = Arc::new(ArrayQueue::<Buf>::new(spec.capacity + (p + c) as usize + 1));
     for _ in 0..free.capacity() {
-        free.push(vec![0u64; spec.size / 8].into_boxed_slice()).unwrap();
+        free.push(vec![0u64; spec.size / 8].into_boxed_slice())
+            .unwrap();
     }
     let go = Arc::new(std::sync::Barrier::new((p + c + 1) as usize));
     let mut prods = Vec::new();
