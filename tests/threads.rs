@@ -1,17 +1,32 @@
-//! In-process stress: many sender and receiver handles on threads (each a participant),
-//! exact accounting. Quick to run; the cross-process versions are in mpmc.rs.
+//! In-process stress: many sender and receiver handles on threads, exact accounting.
+//! Each thread has a handle (a participant) of its own, or, in the `shared` runs, all
+//! consumer threads block on one `Receiver` and all producer threads on one `Sender`
+//! (one participant bit that several sleeping threads of one process share:
+//! `wait::block_on_counted`). Quick to run; the cross-process versions are in mpmc.rs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn run(producers: usize, consumers: usize, per_producer: u64, capacity: usize, size: usize) {
+fn run(
+    producers: usize,
+    consumers: usize,
+    per_producer: u64,
+    capacity: usize,
+    size: usize,
+    shared: bool,
+) {
     let (tx, rx) = shmq::Builder::new().capacity(capacity).create().unwrap();
+    let (tx, rx) = (Arc::new(tx), Arc::new(rx));
     let name = tx.name().to_string();
     let got: Arc<Mutex<HashMap<(u64, u64), usize>>> = Default::default();
     let mut hs = Vec::new();
     for c in 0..consumers {
-        let rx = rx.try_clone().unwrap();
+        let rx = if shared {
+            rx.clone()
+        } else {
+            Arc::new(rx.try_clone().unwrap())
+        };
         let got = got.clone();
         hs.push(std::thread::spawn(move || {
             let mut last: HashMap<u64, u64> = HashMap::new();
@@ -42,15 +57,20 @@ fn run(producers: usize, consumers: usize, per_producer: u64, capacity: usize, s
     drop(rx);
     let mut ps = Vec::new();
     for p in 0..producers as u64 {
-        let tx = tx.try_clone().unwrap();
+        let tx = if shared {
+            tx.clone()
+        } else {
+            Arc::new(tx.try_clone().unwrap())
+        };
         ps.push(std::thread::spawn(move || {
             for i in 0..per_producer {
                 let len = 16 + (size + i as usize * 7) % (size + 1);
-                let mut loan = tx.loan(len).unwrap();
+                // Timeouts as the watchdog: a lost wake-up fails the test, never hangs it.
+                let mut loan = tx.loan_timeout(len, Duration::from_secs(20)).unwrap();
                 loan[0..8].copy_from_slice(&p.to_le_bytes());
                 loan[8..16].copy_from_slice(&i.to_le_bytes());
                 loan[16..].fill((p ^ i) as u8);
-                loan.send().unwrap();
+                loan.send_timeout(Duration::from_secs(20)).unwrap();
             }
         }));
     }
@@ -72,10 +92,17 @@ fn run(producers: usize, consumers: usize, per_producer: u64, capacity: usize, s
 
 #[test]
 fn threads_4_by_4_small_messages_arrive_exactly_once_in_order() {
-    run(4, 4, 20_000, 8, 100);
+    run(4, 4, 20_000, 8, 100, false);
+}
+
+#[test]
+fn threads_sharing_one_receiver_and_one_sender_arrive_exactly_once_in_order() {
+    // Capacity 1: producer threads sleep on the shared sender's `not_full` bit, consumer
+    // threads on the shared receiver's `not_empty` bit, over and over.
+    run(3, 3, 5_000, 1, 100, true);
 }
 
 #[test]
 fn threads_2_by_3_capacity_one_segments_arrive_exactly_once_in_order() {
-    run(2, 3, 3_000, 1, 5000);
+    run(2, 3, 3_000, 1, 5000, false);
 }

@@ -104,26 +104,30 @@ pub fn block_on<T, F: Futex>(
     poll: impl FnMut() -> Option<T>,
     remaining: impl FnMut() -> Option<Option<Duration>>,
 ) -> Wait<T> {
-    let alone = std::sync::atomic::AtomicU32::new(0);
+    let alone = std::sync::Mutex::new(0);
     block_on_counted(futex, seq, waiters, me, &alone, poll, remaining)
 }
 
 /// [`block_on`] for a participant that several threads of this process may block on at
-/// once (a handle and its loans on other threads). `local` counts this process's
-/// threads blocked on this participant's bit: the last one out clears the bit, and
-/// re-sets it if another thread came in meanwhile, so no sleeper is ever left without
-/// its bit (all SeqCst: a newcomer increments then sets the bit, a leaver clears then
-/// re-reads the count, so one of them sees the other).
+/// once (a handle and its loans on other threads). `local` counts this process's threads
+/// blocked on this participant's bit, and every change of the count and of the bit happens
+/// under its lock: the first thread in sets the bit, the last one out clears it, so the bit
+/// is set from before any of them fences and polls until after the last one has left.
+///
+/// (An earlier lock-free version, count then bit, had a window: a leaver clearing the bit
+/// and re-setting it after seeing a newcomer's count left the newcomer, already asleep,
+/// without its bit for a moment, and a waker reading the bitmap then skipped the wake;
+/// the newcomer slept to the end of its slice. The lock is taken only on the way into and
+/// out of a sleep, never on the fast path.)
 pub fn block_on_counted<T, F: Futex>(
     futex: &F,
     seq: &AtomicU32,
     waiters: &[AtomicU64],
     me: u16,
-    local: &std::sync::atomic::AtomicU32,
+    local: &std::sync::Mutex<u32>,
     mut poll: impl FnMut() -> Option<T>,
     mut remaining: impl FnMut() -> Option<Option<Duration>>,
 ) -> Wait<T> {
-    use std::sync::atomic::Ordering::SeqCst;
     for i in 0..SPIN_ROUNDS + YIELD_ROUNDS {
         if let Some(v) = poll() {
             return Wait::Ready(v);
@@ -135,8 +139,14 @@ pub fn block_on_counted<T, F: Futex>(
         }
     }
     let (word, bit) = (&waiters[me as usize / 64], 1u64 << (me % 64));
-    local.fetch_add(1, SeqCst);
-    word.fetch_or(bit, Ordering::SeqCst);
+    let count = || local.lock().unwrap_or_else(|p| p.into_inner());
+    {
+        let mut n = count();
+        if *n == 0 {
+            word.fetch_or(bit, Ordering::SeqCst);
+        }
+        *n += 1;
+    }
     let out = loop {
         // SYNC POINT: eventcount (pairs with the fence in `notify`).
         fence(Ordering::SeqCst);
@@ -149,10 +159,11 @@ pub fn block_on_counted<T, F: Futex>(
             Some(left) => futex.wait(seq, s, left),
         }
     };
-    if local.fetch_sub(1, SeqCst) == 1 {
-        word.fetch_and(!bit, Ordering::SeqCst);
-        if local.load(SeqCst) > 0 {
-            word.fetch_or(bit, Ordering::SeqCst);
+    {
+        let mut n = count();
+        *n -= 1;
+        if *n == 0 {
+            word.fetch_and(!bit, Ordering::SeqCst);
         }
     }
     out
