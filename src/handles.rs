@@ -214,10 +214,18 @@ impl Sender {
         let me = self.p.idx();
         let fits =
             |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
-        // The slot freed last first (warm everywhere), else a scan from this sender's cursor.
-        let hint = s.ctl.free_hint.load(Relaxed) as usize;
+        // A payload in a segment tries the slot whose segment was freed last first (mapped
+        // and warm everywhere), then scans from this sender's cursor; an inline payload
+        // only scans: the hint line is written by every segment ack, and reading it on
+        // every small send would move it between cores twice per message.
         let cursor = &self.p.cursor;
-        let got = slots::take_if_free(&s, me, hint, fits)
+        let hinted = || {
+            let hint = s.ctl.free_hint.load(Relaxed) as usize;
+            slots::take_if_free(&s, me, hint, fits)
+        };
+        let got = (!segment::is_inline(len))
+            .then(hinted)
+            .flatten()
             .or_else(|| slots::alloc(&s, me, cursor.load(Relaxed) as usize, fits));
         let Some((slot, word)) = got else {
             return Ok(None);
@@ -501,7 +509,8 @@ impl Loan {
     }
 
     fn publish_until(self, deadline: Option<Instant>) -> Result<(), Unsent<SendTimeoutError>> {
-        let q = self.p.q.clone();
+        // A borrow, not a `User` clone: cloning one takes the process-wide registry lock.
+        let q: &Queue = &self.p.q;
         let s = q.shared();
         let r = wait::block_on_counted(
             &q.futex,
@@ -515,7 +524,7 @@ impl Loan {
                 Ok(false) if q.peers().1 == 0 => Some(Err(SendTimeoutError::Disconnected)),
                 Ok(false) => None,
             },
-            remaining(&q, deadline),
+            remaining(q, deadline),
         );
         match r {
             Wait::Ready(Ok(())) => {
@@ -844,7 +853,10 @@ impl Drop for Message {
         if !slots::free(&s, self.slot, self.word) {
             return; // recovered from under us: someone judged this process dead
         }
-        s.ctl.free_hint.store(self.slot as u64, Relaxed);
+        if self._seg.is_some() {
+            // Only segment slots are worth steering producers to (see `Sender::alloc`).
+            s.ctl.free_hint.store(self.slot as u64, Relaxed);
+        }
         crate::fault::point("ack.freed");
         // One fence for both notifications (SYNC POINT: eventcount).
         crate::sync::fence(crate::sync::Ordering::SeqCst);

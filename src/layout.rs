@@ -111,10 +111,12 @@ pub struct Control {
     pub cells_off: u64,
     /// Offset of the slot table.
     pub slots_off: u64,
-    /// The slot freed most recently (a hint): producers try it first, so a steady stream
-    /// reuses a few warm slots (their segments mapped and faulted in everywhere) instead
-    /// of rotating through the whole table. It lives on the identity line, which nothing
-    /// reads after `open()`, so its per-ack writes disturb no other hot word.
+    /// The slot with a payload segment freed most recently (a hint): producers of
+    /// segment-sized payloads try it first, so a steady stream reuses a few warm slots
+    /// (their segments mapped and faulted in everywhere) instead of rotating through the
+    /// whole table. Inline payloads neither write nor read it (it would cross between
+    /// cores twice per small message). It lives on the identity line, which nothing reads
+    /// after `open()`, so its writes disturb no other hot word.
     pub free_hint: AtomicU64,
     /// Reserved, zero.
     pub reserved1: [u64; 4],
