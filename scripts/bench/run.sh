@@ -30,7 +30,7 @@ if [ $# -gt 0 ]; then
 else
     "$B" run --sizes 8,64,1K,64K,1M,16M --out "$R/latest.json" || status=$?
     "$B" run --runs 1 --sizes 256M,1G --out "$R/big.json" || status=$?
-    "$B" run --runs 1 --systems shmq-touch --topos 1-1 --no-latency --no-phys \
+    "$B" run --runs 3 --systems shmq-touch --topos 1-1 --no-latency --no-phys \
         --out "$R/touch.json" || status=$?
     "$B" run --runs 1 --topos 1-1 --sizes 64,1K,64K,1M,16M --systems shmq,iceoryx2,shaq,uds \
         --no-latency --no-phys --out "$R/memory.json" || status=$?
