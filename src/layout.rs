@@ -516,7 +516,9 @@ impl HeapQueue {
         let mut q = HeapQueue {
             ctl,
             parts: (0..max_participants).map(|_| PartRec::default()).collect(),
-            cells: (0..capacity).map(|i| AtomicU64::new(init_cell(i))).collect(),
+            cells: (0..capacity)
+                .map(|i| AtomicU64::new(init_cell(i)))
+                .collect(),
             slots: (0..slot_count).map(|_| SlotRec::default()).collect(),
             at_most_once,
         };

@@ -50,8 +50,7 @@
 //! repair pass recounts ORPHAN slots and raises the hint to match ([`heal_orphan_hint`]).
 
 use crate::layout::{
-    cell_full, part_role, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState,
-    POS_NONE,
+    cell_full, part_role, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState, POS_NONE,
 };
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
@@ -118,7 +117,11 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
             Some(SlotState::Held) if !q.at_most_once => {
                 // V2a: the slot first, then the hint (see the module doc).
                 let orphan = slot_word(slot_gen(w), SlotState::Orphan, crate::layout::OWNER_NONE);
-                if rec.word.compare_exchange(w, orphan, AcqRel, Relaxed).is_ok() {
+                if rec
+                    .word
+                    .compare_exchange(w, orphan, AcqRel, Relaxed)
+                    .is_ok()
+                {
                     q.ctl.counters.orphans.fetch_add(1, AcqRel);
                     r.orphaned += 1;
                 }

@@ -147,10 +147,16 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
             crate::fault::point("send.pos");
             // S5: the commit.                                   { lap: l(t), index: i(t) }
             // SYNC POINT: cell-commit (Release: payload, len, sender, pos).
-            if cell.compare_exchange(x, cell_full(lt, s), AcqRel, Acquire).is_ok() {
+            if cell
+                .compare_exchange(x, cell_full(lt, s), AcqRel, Acquire)
+                .is_ok()
+            {
                 crate::fault::point("send.commit");
                 // S6: advance the hint; failure means someone helped.
-                let _ = q.ctl.tail.compare_exchange(t, t.wrapping_add(1), AcqRel, Relaxed);
+                let _ = q
+                    .ctl
+                    .tail
+                    .compare_exchange(t, t.wrapping_add(1), AcqRel, Relaxed);
                 return Ok(t);
             }
             continue;
@@ -162,7 +168,10 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
         }
         if d >= 0 {
             // Position t is already committed: the hint lags; help it.
-            let _ = q.ctl.tail.compare_exchange(t, t.wrapping_add(1), AcqRel, Relaxed);
+            let _ = q
+                .ctl
+                .tail
+                .compare_exchange(t, t.wrapping_add(1), AcqRel, Relaxed);
             continue;
         }
         if d == -1 && cell_is_full(x) {
@@ -189,7 +198,9 @@ pub fn publish(q: &Shared<'_>, s: u32) -> Result<u64, RingError> {
 pub fn looks_full(q: &Shared<'_>) -> bool {
     let t = q.ctl.tail.load(Acquire);
     let x = q.cells[q.idx(t)].load(Acquire);
-    cell_is_full(x) && lap_diff(cell_lap(x), q.lap(t)) == -1 && is_live(q, x, t.wrapping_sub(q.cap)) == Ok(true)
+    cell_is_full(x)
+        && lap_diff(cell_lap(x), q.lap(t)) == -1
+        && is_live(q, x, t.wrapping_sub(q.cap)) == Ok(true)
 }
 
 /// A message claimed from the ring.
@@ -224,7 +235,10 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
         }
         if d > 0 {
             // Position h was consumed already: the hint lags; help it.
-            let _ = q.ctl.head.compare_exchange(h, h.wrapping_add(1), AcqRel, Relaxed);
+            let _ = q
+                .ctl
+                .head
+                .compare_exchange(h, h.wrapping_add(1), AcqRel, Relaxed);
             continue;
         }
         if d < 0 || !cell_is_full(x) {
@@ -246,7 +260,9 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
             let w = rec.word.load(Acquire);
             (w, rec.pos.load(Acquire))
         };
-        if slot_state(w) == Some(SlotState::Loaned) && (p == h || mutation::on(Mutation::NoPosCheck)) {
+        if slot_state(w) == Some(SlotState::Loaned)
+            && (p == h || mutation::on(Mutation::NoPosCheck))
+        {
             // R3: the claim. SYNC POINT: slot-claim.
             let held = slot_word(slot_gen(w), SlotState::Held, me);
             if rec.word.compare_exchange(w, held, AcqRel, Acquire).is_ok() {
@@ -290,7 +306,10 @@ fn help_remove(q: &Shared<'_>, at: u64, x: u64) {
     let next = cell_empty(q.lap(at).wrapping_add(1)); //          { lap: l(at)+1, index: i(at) }
     let _ = q.cells[q.idx(at)].compare_exchange(x, next, AcqRel, Relaxed);
     crate::fault::point("recv.cleared");
-    let _ = q.ctl.head.compare_exchange(at, at.wrapping_add(1), AcqRel, Relaxed);
+    let _ = q
+        .ctl
+        .head
+        .compare_exchange(at, at.wrapping_add(1), AcqRel, Relaxed);
 }
 
 /// The number of committed, unremoved positions (a racy snapshot: exact only when no

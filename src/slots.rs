@@ -86,7 +86,12 @@ pub fn alloc(
 
 /// Takes slot `s` for participant `me` if it is FREE and `fits`: the one-step attempt a
 /// producer makes on the shared `free_hint` before it scans.
-pub fn take_if_free(q: &Shared<'_>, me: u16, s: usize, fits: impl FnOnce(u32) -> bool) -> Option<(u32, u64)> {
+pub fn take_if_free(
+    q: &Shared<'_>,
+    me: u16,
+    s: usize,
+    fits: impl FnOnce(u32) -> bool,
+) -> Option<(u32, u64)> {
     let w = q.slots.get(s)?.word.load(Relaxed);
     if slot_state(w) != Some(SlotState::Free) || !fits(s as u32) {
         return None;
@@ -167,7 +172,12 @@ pub fn claim_orphan(q: &Shared<'_>, me: u16, start: usize) -> Option<(u32, u64)>
             // O2: saturating decrement of the hint.
             let mut c = q.ctl.counters.orphans.load(Relaxed);
             while c > 0 {
-                match q.ctl.counters.orphans.compare_exchange(c, c - 1, AcqRel, Relaxed) {
+                match q
+                    .ctl
+                    .counters
+                    .orphans
+                    .compare_exchange(c, c - 1, AcqRel, Relaxed)
+                {
                     Ok(_) => break,
                     Err(now) => c = now,
                 }

@@ -283,7 +283,10 @@ pub mod mutation {
     /// Switches `m` on (process-wide; set before `loom::model`, reset after).
     pub fn set(m: Option<Mutation>) {
         #[cfg(shmq_loom)]
-        ON.store(m.map_or(0, |m| m as u32), std::sync::atomic::Ordering::SeqCst);
+        ON.store(
+            m.map_or(0, |m| m as u32),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         #[cfg(not(shmq_loom))]
         let _ = m;
     }

@@ -29,10 +29,10 @@ impl Futex for OsFutex {
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
-                word.as_ptr(),   // uaddr: the shared word
+                word.as_ptr(),    // uaddr: the shared word
                 libc::FUTEX_WAIT, // op: shared (no FUTEX_PRIVATE_FLAG)
-                expected,        // val: sleep only while *uaddr == val
-                ts_ptr,          // timeout: relative, or null for none
+                expected,         // val: sleep only while *uaddr == val
+                ts_ptr,           // timeout: relative, or null for none
             );
         }
     }
@@ -42,9 +42,9 @@ impl Futex for OsFutex {
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
-                word.as_ptr(),   // uaddr
+                word.as_ptr(),    // uaddr
                 libc::FUTEX_WAKE, // op: shared
-                i32::MAX,        // val: wake them all
+                i32::MAX,         // val: wake them all
             );
         }
     }

@@ -64,10 +64,10 @@ pub trait Futex {
 ///
 /// Kept short for a reason measured, not guessed: the kernel often queues a task woken by
 /// a futex on the *waker's* CPU, so a waker that then spins (a pinger waiting for its
-/// reply) delays the very task it woke until its spin ends. On the 2-core benchmark VM,
-/// one-way latency with the receiver asleep was 9–10 µs with 64 spins + 32 yields,
-/// 5.2–5.5 µs with 16 + 16 (a pipe: 4.5–4.9 µs), and 40 µs with 1000 spins; throughput
-/// at 64 B and 64 KiB did not change beyond the noise (BENCHMARKS.md).
+/// reply) delays the very task it woke until its spin ends. In a back-to-back comparison
+/// on the 2-core benchmark VM, one-way latency with the receiver asleep was 9–10 µs with
+/// 64 spins + 32 yields, 5.2–5.5 µs with 16 + 16 (a pipe: 4.5–4.9 µs), and 40 µs with
+/// 1000 spins; throughput at 64 B and 64 KiB did not change beyond the noise.
 pub const SPIN_ROUNDS: u32 = 16;
 
 /// Polls with a yield in between after the spin, before sleeping: a `sched_yield` costs
