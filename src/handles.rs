@@ -344,7 +344,7 @@ impl Sender {
 
     fn send_until(&self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
         let mut loan = self.loan_until(msg.len(), deadline)?;
-        loan.copy_from_slice(msg);
+        copy_payload(&mut loan, msg);
         crate::fault::point("send.written");
         loan.publish_until(deadline).map_err(|u| u.error)
     }
@@ -365,7 +365,7 @@ impl Sender {
             });
         }
         let mut loan = self.try_loan(msg.len())?;
-        loan.copy_from_slice(msg);
+        copy_payload(&mut loan, msg);
         crate::fault::point("send.written");
         loan.try_send().map_err(|u| u.error)
     }
@@ -399,6 +399,26 @@ impl Sender {
             Wait::Ready(()) => Ok(()),
             Wait::TimedOut => Err(AckTimeoutError),
         }
+    }
+}
+
+/// Copies a message into its loan (`dst.len() == src.len()`), dodging one pathology of
+/// glibc's `memcpy`: on AMD Zen its `rep movsb` path runs at ~3 GB/s instead of ~40 when
+/// the destination lies 1–63 bytes past the source modulo 4 KiB (4K aliasing; measured
+/// here with glibc 2.36 for 4 KiB–256 KiB copies; larger copies take another path).
+/// Segments are page-aligned, so a source buffer that happens to start 1–63 bytes before
+/// a page boundary hit it on every send. Copying such a pair in 2 KiB pieces keeps each
+/// call below `rep movsb`'s threshold and runs at full speed; every other pair goes to
+/// `memcpy` whole.
+fn copy_payload(dst: &mut [u8], src: &[u8]) {
+    const PIECE: usize = 2048;
+    let dist = (dst.as_ptr() as usize).wrapping_sub(src.as_ptr() as usize) & 4095;
+    if src.len() <= PIECE || !(1..64).contains(&dist) {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
+        d.copy_from_slice(s);
     }
 }
 

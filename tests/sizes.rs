@@ -117,6 +117,43 @@ fn small_and_medium_sizes_round_trip_intact() {
     g.assert_clean();
 }
 
+/// The copy API from sources at every offset that puts the page-aligned segment 0–64
+/// bytes past them modulo 4 KiB (where `send` copies in pieces to dodge a slow `memcpy`
+/// path) and a few others, at lengths around the piece size: the bytes arrive intact.
+#[test]
+fn sends_from_any_source_alignment_arrive_intact() {
+    let _wd = Watchdog::new(
+        "sends_from_any_source_alignment_arrive_intact",
+        Duration::from_secs(60),
+    );
+    let g = ShmGuard::new("align");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(4)
+        .create()
+        .unwrap();
+    let longest = 64 * KIB + 3;
+    let mut buf = vec![0u8; longest + 3 * 4096];
+    let page = (4096 - buf.as_ptr() as usize % 4096) % 4096 + 4096;
+    let offsets = (0..=64).map(|d| page - d).chain([page + 16, page + 1000]);
+    for (i, start) in offsets.enumerate() {
+        for &len in &[2047, 2048, 2049, 4096 + 7, longest] {
+            let seed = seed_of(i, len);
+            fill(&mut buf[start..start + len], seed);
+            tx.send(&buf[start..start + len]).unwrap_or_else(|e| {
+                panic!("send {len} bytes from page offset -{}: {e}", page - start)
+            });
+            let m = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(m.len(), len);
+            if let Err(e) = check(&m, seed) {
+                panic!("{len} bytes from {start} (page at {page}): {e}");
+            }
+        }
+    }
+    drop((tx, rx));
+    g.assert_clean();
+}
+
 #[test]
 fn every_size_round_trips_across_processes_both_ways() {
     const TEST: &str = "every_size_round_trips_across_processes_both_ways";
