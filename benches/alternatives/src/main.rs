@@ -1045,6 +1045,28 @@ fn run(args: &[String]) {
     };
     eprintln!("machine: {}", out.machine["cpu"]);
     let mut failed = 0;
+    // One untimed case first, its result thrown away: the first case of an invocation ran
+    // on a machine still settling from whatever came before (at 256 MiB, shmq copy, the
+    // first case, read 3.8-4.1 GB/s in two full runs and 6.4-7.7 GB/s when run alone).
+    if o.throughput {
+        let first = o.sizes.iter().find_map(|sc| {
+            let topo = *o.topos.first()?;
+            SYSTEMS
+                .iter()
+                .find(|&&(sys, api, _)| wanted(&o, sys, api) && applicable(sys, sc, topo).is_ok())
+                .map(|&(sys, api, label)| (sys, api, label, sc, topo))
+        });
+        if let Some((sys, api, label, sc, topo)) = first {
+            let t = throughput_case(sys, api, label, sc, topo, 0, o.quick);
+            eprintln!(
+                "[settle] {} {}->{} {label}: {:.3} GB/s (not recorded)",
+                size_label(sc.size),
+                topo.0,
+                topo.1,
+                t.gbps
+            );
+        }
+    }
     for run in 0..o.runs {
         if o.phys {
             for sc in &o.sizes {
