@@ -262,6 +262,69 @@ pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
+/// Sets the modification time of `file` to now: how a process announces a change of a
+/// queue's roster to the other processes' watchers, which have an inotify watch on the
+/// header (see `supervisor.rs`). Best effort.
+pub fn touch(file: &File) {
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    };
+    // Both times: the kernel reports a change of both as IN_ATTRIB (of the modification
+    // time alone, as IN_MODIFY).
+    let times = [now, now]; // [access, modification]
+                            // SAFETY: `file` is an open descriptor; `times` is two valid timespecs for the call.
+    unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) };
+}
+
+/// An inotify instance (non-blocking), or `None` where unavailable.
+pub struct Inotify(std::os::fd::OwnedFd);
+
+impl Inotify {
+    /// A new instance; `None` if the kernel refuses (not built in, or out of instances).
+    pub fn new() -> Option<Inotify> {
+        // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is fresh and owned by nobody else.
+        Some(Inotify(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+    /// The descriptor (readable when an event is pending).
+    pub fn fd(&self) -> &std::os::fd::OwnedFd {
+        &self.0
+    }
+    /// Watches the file open as `file` (by inode, through `/proc/self/fd`, so a newer
+    /// object under the same name is not watched instead) for attribute changes.
+    /// Returns the watch descriptor.
+    pub fn watch_attrib(&self, file: &File) -> Option<i32> {
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+        // SAFETY: both arguments are valid for the call; `path` is NUL-terminated.
+        let wd =
+            unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), path.as_ptr(), libc::IN_ATTRIB) };
+        (wd >= 0).then_some(wd)
+    }
+    /// Stops watch `wd` (ignores a watch the kernel already removed).
+    pub fn unwatch(&self, wd: i32) {
+        // SAFETY: plain syscall on our descriptor.
+        unsafe { libc::inotify_rm_watch(self.0.as_raw_fd(), wd) };
+    }
+    /// Reads and discards every pending event.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return;
+            }
+        }
+    }
+}
+
 /// Lists the names of the queue headers in `/dev/shm` (`shmq.<name>` without a further dot).
 pub fn list_queue_names() -> io::Result<Vec<String>> {
     let mut out = Vec::new();

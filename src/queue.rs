@@ -91,7 +91,7 @@ pub(crate) struct Queue {
     map: os::Mapping,
     /// Holds the shared lifecycle lock; used to probe other participants' locks.
     probe: File,
-    ino: u64,
+    pub(crate) ino: u64,
     pub dims: Dims,
     pub segs: Segments,
     pub futex: OsFutex,
@@ -405,6 +405,18 @@ impl Queue {
         gone && rec.state.load(Ordering::Acquire) == w
     }
 
+    /// Tells the other processes' watchers that the roster changed (a new participant,
+    /// possibly of a process they do not watch yet), so they look now rather than at
+    /// their next rescan: a touch of the header, which they watch with inotify.
+    fn announce(&self) {
+        os::touch(&self.probe);
+    }
+
+    /// Adds an inotify watch on this queue's header (see `announce`).
+    pub fn watch_roster(&self, ino: &os::Inotify) -> Option<i32> {
+        ino.watch_attrib(&self.probe)
+    }
+
     /// Takes a participant record for `role`.
     pub fn register(&self, role: Role) -> Result<Reg, Error> {
         let q = self.shared();
@@ -424,17 +436,19 @@ impl Queue {
                 }
                 match crate::roster::register(&q, i, role, id) {
                     Ok(word) => {
+                        self.announce();
                         return Ok(Reg {
                             idx: i,
                             word,
                             _lock: fd,
-                        })
+                        });
                     }
                     Err(w) if part_role(w).is_some() => {
                         // We hold its lock: its owner is dead. Recover it, if nobody else is
                         // recovering right now, then take it.
                         if crate::supervisor::recover_one(self, i, w) {
                             if let Ok(word) = crate::roster::register(&q, i, role, id) {
+                                self.announce();
                                 return Ok(Reg {
                                     idx: i,
                                     word,
@@ -492,8 +506,9 @@ impl Queue {
     /// How long one futex sleep may last before the waiter looks at its peers itself.
     ///
     /// 100 ms in both modes: in `Thread` mode the supervisor hears of a death at once
-    /// through pidfds, but only for peers it has started watching (it looks for new ones
-    /// every 250 ms), so a blocked waiter also checks on a young peer itself.
+    /// through pidfds, but only for peers it has started watching (it hears of new ones
+    /// through inotify within about a millisecond, or at its 250 ms rescan where inotify
+    /// is missing), so a blocked waiter also checks on a peer that died younger than that.
     pub fn wait_slice(&self) -> Duration {
         Duration::from_millis(100)
     }

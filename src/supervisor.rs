@@ -12,8 +12,9 @@
 //! across namespaces the lock alone decides, never a doubtful pid).
 //!
 //! **Notification**: the watcher holds a `pidfd` per peer process in an epoll set, so it
-//! wakes as soon as a peer exits; it also rescans every 250 ms (new participants, other
-//! pid namespaces, kernels without pidfd).
+//! wakes as soon as a peer exits, and an inotify watch on each header, which every
+//! registration touches, so it starts watching a new peer at once; it also rescans every
+//! 250 ms (other pid namespaces, kernels without pidfd or inotify).
 //!
 //! **Recovery** runs under the queue's lease (`roster.rs`): one runner at a time, taken
 //! over from a holder only once that holder is proven dead. The runner re-checks under the
@@ -83,8 +84,30 @@ pub(crate) fn recover_one(q: &Queue, i: u16, w: u64) -> bool {
     r.released || part_role(s.parts[i as usize].state.load(Ordering::Acquire)).is_none()
 }
 
-/// Starts this process's watcher thread (once) for queues in [`Supervision::Thread`] mode.
+/// An eventfd in the watcher thread's epoll set: written when this process attaches to
+/// another queue, so the watcher starts watching that queue's header (and its peers) at
+/// once rather than at its next rescan.
+static NUDGE: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+
+fn nudge_fd() -> Option<&'static OwnedFd> {
+    NUDGE
+        .get_or_init(|| {
+            // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            // SAFETY: `fd` is fresh and owned by nobody else.
+            (fd >= 0).then(|| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        })
+        .as_ref()
+}
+
+/// Starts this process's watcher thread (once) for queues in [`Supervision::Thread`] mode,
+/// and tells it that the set of attached queues changed.
 pub(crate) fn watch() {
+    if let Some(fd) = nudge_fd() {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd (best effort).
+        unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
     static START: Once = Once::new();
     START.call_once(|| {
         let _ = std::thread::Builder::new()
@@ -98,6 +121,7 @@ pub(crate) fn watch() {
                             .filter(|q| q.supervision == Supervision::Thread)
                             .collect()
                     },
+                    nudge_fd(),
                     &never,
                 )
             });
@@ -111,14 +135,52 @@ pub(crate) fn watch() {
 const RESCAN: Duration = Duration::from_millis(250);
 
 /// The watcher: pidfds of peer processes in an epoll set, plus a rescan every [`RESCAN`].
-fn watch_loop(mut queues: impl FnMut() -> Vec<Arc<Queue>>, stop: &AtomicBool) {
+///
+/// New peers: a process that registers a participant touches the queue's header
+/// (`Queue::announce`), and the watcher holds an inotify watch on every header it
+/// supervises in the same epoll set, so it rescans at once and starts watching the
+/// newcomer's pidfd within about a millisecond of its registration, instead of at the
+/// next rescan. A peer that dies before that is still found by the rescan, by a blocked
+/// waiter's slice, or by `open()`. Without inotify (or epoll) the rescan alone remains.
+fn watch_loop(
+    mut queues: impl FnMut() -> Vec<Arc<Queue>>,
+    nudge: Option<&OwnedFd>,
+    stop: &AtomicBool,
+) {
     let ep = Epoll::new();
+    if let (Some(ep), Some(fd)) = (&ep, nudge) {
+        ep.add(fd);
+    }
+    let ino = ep.as_ref().and_then(|ep| {
+        let ino = crate::os::Inotify::new()?;
+        ep.add(ino.fd());
+        Some(ino)
+    });
+    // (attachment address, header inode) -> inotify watch descriptor
+    let mut roster_watches: HashMap<(usize, u64), i32> = HashMap::new();
     // pid -> (start time, pidfd)
     let mut watched: HashMap<u32, (u64, OwnedFd)> = HashMap::new();
     let me = std::process::id();
     let my_ns = crate::os::pid_namespace();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let qs = queues();
+        if let Some(ino) = &ino {
+            let key = |q: &Arc<Queue>| (Arc::as_ptr(q) as usize, q.ino);
+            roster_watches.retain(|k, wd| {
+                let keep = qs.iter().any(|q| key(q) == *k);
+                if !keep {
+                    ino.unwatch(*wd);
+                }
+                keep
+            });
+            for q in &qs {
+                if let std::collections::hash_map::Entry::Vacant(e) = roster_watches.entry(key(q)) {
+                    if let Some(wd) = q.watch_roster(ino) {
+                        e.insert(wd);
+                    }
+                }
+            }
+        }
         for q in &qs {
             let _ = repair(q);
             // Watch every peer process we do not watch yet.
@@ -156,6 +218,16 @@ fn watch_loop(mut queues: impl FnMut() -> Vec<Arc<Queue>>, stop: &AtomicBool) {
                 Vec::new()
             }
         };
+        if let Some(ino) = &ino {
+            if fired.contains(&ino.fd().as_raw_fd()) {
+                ino.drain(); // a roster changed: the loop rescans now
+            }
+        }
+        if let Some(fd) = nudge.filter(|fd| fired.contains(&fd.as_raw_fd())) {
+            let mut n = 0u64;
+            // SAFETY: reads 8 bytes into a valid u64 from our eventfd (resets it).
+            unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+        }
         // Forget exited processes (their pidfds stay readable).
         if !fired.is_empty() {
             watched.retain(|_, (_, fd)| {
@@ -269,7 +341,7 @@ impl Supervisor {
     /// Watches the queue until `stop` is set, repairing within milliseconds of a death.
     pub fn run(&self, stop: &AtomicBool) {
         let q = self.q.arc().clone();
-        watch_loop(move || vec![q.clone()], stop)
+        watch_loop(move || vec![q.clone()], None, stop)
     }
 }
 
