@@ -262,18 +262,18 @@ pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
-/// Sets the modification time of `file` to now: how a process announces a change of a
-/// queue's roster to the other processes' watchers, which have an inotify watch on the
-/// header (see `supervisor.rs`). Best effort.
+/// Sets the access and modification times of `file` to now: how a process announces a
+/// change of a queue's roster to the other processes' watchers, which have an inotify
+/// watch on the header (see `supervisor.rs`). Best effort.
 pub fn touch(file: &File) {
     let now = libc::timespec {
         tv_sec: 0,
         tv_nsec: libc::UTIME_NOW,
     };
-    // Both times: the kernel reports a change of both as IN_ATTRIB (of the modification
-    // time alone, as IN_MODIFY).
-    let times = [now, now]; // [access, modification]
-                            // SAFETY: `file` is an open descriptor; `times` is two valid timespecs for the call.
+    // [access, modification], both: the kernel reports a change of both as IN_ATTRIB (of
+    // the modification time alone, as IN_MODIFY).
+    let times = [now, now];
+    // SAFETY: `file` is an open descriptor; `times` is two valid timespecs for the call.
     unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) };
 }
 
