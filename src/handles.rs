@@ -22,7 +22,7 @@ pub(crate) struct Participant {
     reg: Option<Reg>,
     /// Threads of this process blocked on this participant's bit, per word:
     /// `[not_empty, not_full, acks]` (see `wait::block_on_counted`).
-    blocked: [std::sync::Mutex<u32>; 3],
+    blocked: [crate::sync::LocalMutex<u32>; 3],
     /// A sender's slot-scan cursor: the slot after the one it took last. Threads sharing
     /// the handle may overwrite each other's value; that only moves where a scan starts.
     cursor: std::sync::atomic::AtomicU32,

@@ -34,6 +34,15 @@ pub fn fence(order: Ordering) {
     loom::sync::atomic::fence(order)
 }
 
+/// A process-local mutex (never placed in shared memory): `std`'s, or loom's under
+/// `shmq_loom`, so that a model can have several threads of one process meet on it
+/// (`wait::block_on_counted`).
+#[cfg(not(shmq_loom))]
+pub type LocalMutex<T> = std::sync::Mutex<T>;
+/// A process-local mutex: loom's (see the normal build's doc).
+#[cfg(shmq_loom)]
+pub type LocalMutex<T> = loom::sync::Mutex<T>;
+
 /// A hint that we are spinning. Under loom it yields to the scheduler, which is what
 /// makes spin loops finite in a model.
 #[inline]

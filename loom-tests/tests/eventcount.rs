@@ -293,45 +293,103 @@ fn a_waiter_that_does_not_set_its_bit_is_never_woken() {
     });
 }
 
-#[test]
-fn two_blocked_consumers_are_each_woken_by_one_of_two_sends() {
-    // `notify` wakes one sleeper per message (`wake_one`). Both consumers block; the one
-    // that finishes its pre-sleep polls second starts the producer (see `LatePoll` for
-    // why so late), which sends two messages, each followed by `notify`. Each consumer
-    // must get one: a wake-up spent on a consumer that then finds nothing, with the
-    // other left asleep beside a message, would be a deadlock.
+/// How the two blocked consumers of [`two_blocked_consumers`] wait.
+#[derive(Clone, Copy, PartialEq)]
+enum Pair {
+    /// Two participants (two processes, or two handles), each with its own bit.
+    TwoParticipants,
+    /// Two threads of one process on one participant's bit, counted under the shared
+    /// `LocalMutex` (`block_on_counted`, as two threads in `Receiver::recv` on one handle).
+    OneParticipant,
+    /// As `OneParticipant`, with the count kept lock-free (count, then bit), as an earlier
+    /// version of `block_on_counted` did: a negative control.
+    OneParticipantLockFree,
+}
+
+/// The lock-free count of the negative control: the first thread in sets the bit; the
+/// last one out clears it and sets it again if it then sees a newcomer's count.
+fn waiter_with_lock_free_count(
+    w: &World,
+    me: u16,
+    count: &loom::sync::atomic::AtomicU32,
+    poll: &mut dyn FnMut() -> Option<Got>,
+) -> Wait<Got> {
+    let q = w.hq.shared();
+    let (seq, word, bit) = (&q.ctl.not_empty, &q.ctl.not_empty_waiters[0], 1u64 << me);
+    for _ in 0..PRE_SLEEP_POLLS {
+        if let Some(g) = poll() {
+            return Wait::Ready(g);
+        }
+        shmq::sync::spin_hint();
+    }
+    if count.fetch_add(1, SeqCst) == 0 {
+        word.fetch_or(bit, SeqCst);
+    }
+    let got = loop {
+        shmq::sync::fence(SeqCst);
+        let s = seq.load(Acquire);
+        if let Some(g) = poll() {
+            break g;
+        }
+        w.futex.wait(seq, s, None);
+    };
+    if count.fetch_sub(1, SeqCst) == 1 {
+        word.fetch_and(!bit, SeqCst);
+        if count.load(SeqCst) != 0 {
+            word.fetch_or(bit, SeqCst);
+        }
+    }
+    Wait::Ready(got)
+}
+
+/// Two consumers block on an empty queue; the one that finishes its pre-sleep polls
+/// second starts the producer (see `LatePoll` for why so late), which sends two messages,
+/// each followed by `notify`. Each consumer must get one: a wake-up spent on a consumer
+/// that then finds nothing, or skipped because no bit was set at that moment, with the
+/// other left asleep beside a message, would be a deadlock. The body of a model.
+fn two_blocked_consumers(pair: Pair) {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst as StdSeqCst};
     use std::sync::Mutex;
     struct Gate {
         spun: AtomicUsize,
         producer: Mutex<Option<loom::thread::JoinHandle<()>>>,
+        // The one participant's thread count (`OneParticipant*`).
+        local: shmq::sync::LocalMutex<u32>,
+        lock_free: loom::sync::atomic::AtomicU32,
     }
-    fn consumer(w: Arc<World>, tx: Part, me: u16, gate: Arc<Gate>) -> u8 {
+    fn consumer(w: Arc<World>, tx: Part, me: u16, gate: Arc<Gate>, pair: Pair) -> u8 {
         let q = w.hq.shared();
         let mut calls = 0;
-        let r = wait::block_on(
-            &w.futex,
-            &q.ctl.not_empty,
-            &q.ctl.not_empty_waiters[..1],
-            me,
-            || {
-                calls += 1;
-                let r = claim_and_read(&q, me);
-                if calls == PRE_SLEEP_POLLS && gate.spun.fetch_add(1, StdSeqCst) == 1 {
-                    let w2 = w.clone();
-                    let p = loom::thread::spawn(move || {
-                        let q = w2.hq.shared();
-                        for v in [0x41, 0x42] {
-                            send(&q, &tx, v).expect("capacity 2 refused a message");
-                            real_waker(&w2);
-                        }
-                    });
-                    *gate.producer.lock().unwrap() = Some(p);
-                }
-                r
-            },
-            || Some(None),
-        );
+        let mut poll = || {
+            calls += 1;
+            let r = claim_and_read(&q, me);
+            if calls == PRE_SLEEP_POLLS && gate.spun.fetch_add(1, StdSeqCst) == 1 {
+                let w2 = w.clone();
+                let p = loom::thread::spawn(move || {
+                    let q = w2.hq.shared();
+                    for v in [0x41, 0x42] {
+                        send(&q, &tx, v).expect("capacity 2 refused a message");
+                        real_waker(&w2);
+                    }
+                });
+                *gate.producer.lock().unwrap() = Some(p);
+            }
+            r
+        };
+        let (seq, waiters) = (&q.ctl.not_empty, &q.ctl.not_empty_waiters[..1]);
+        let r = match pair {
+            Pair::TwoParticipants => {
+                wait::block_on(&w.futex, seq, waiters, me, &mut poll, || Some(None))
+            }
+            Pair::OneParticipant => {
+                wait::block_on_counted(&w.futex, seq, waiters, me, &gate.local, &mut poll, || {
+                    Some(None)
+                })
+            }
+            Pair::OneParticipantLockFree => {
+                waiter_with_lock_free_count(&w, me, &gate.lock_free, &mut poll)
+            }
+        };
         match r {
             Wait::Ready(g) => {
                 ack(&q, &g);
@@ -340,38 +398,61 @@ fn two_blocked_consumers_are_each_woken_by_one_of_two_sends() {
             Wait::TimedOut => panic!("a wait without a deadline timed out"),
         }
     }
-    model(|| {
-        let w = Arc::new(World {
-            hq: queue(2, 4, false),
-            futex: LoomFutex::new(),
-        });
-        let (tx, c1, c2) = {
-            let q = w.hq.shared();
-            (
-                register(&q, 1, Role::Sender),
-                register(&q, 2, Role::Receiver),
-                register(&q, 3, Role::Receiver),
-            )
-        };
-        let gate = Arc::new(Gate {
-            spun: AtomicUsize::new(0),
-            producer: Mutex::new(None),
-        });
-        let (w2, g2) = (w.clone(), gate.clone());
-        let other = loom::thread::spawn(move || consumer(w2, tx, c2.idx, g2));
-        let a = consumer(w.clone(), tx, c1.idx, gate.clone());
-        let b = other.join().unwrap();
-        let p = gate.producer.lock().unwrap().take();
-        p.expect("producer started").join().unwrap();
-        let mut got = [a, b];
-        got.sort();
-        assert_eq!(got, [0x41, 0x42]);
+    let w = Arc::new(World {
+        hq: queue(2, 4, false),
+        futex: LoomFutex::new(),
+    });
+    let (tx, c1, c2) = {
         let q = w.hq.shared();
-        assert_eq!(
-            q.ctl.not_empty_waiters[0].load(Relaxed),
-            0,
-            "a waiter bit was left set"
-        );
-        assert_all_free(&q);
+        (
+            register(&q, 1, Role::Sender),
+            register(&q, 2, Role::Receiver),
+            register(&q, 3, Role::Receiver),
+        )
+    };
+    let other_idx = if pair == Pair::TwoParticipants {
+        c2.idx
+    } else {
+        c1.idx
+    };
+    let gate = Arc::new(Gate {
+        spun: AtomicUsize::new(0),
+        producer: Mutex::new(None),
+        local: shmq::sync::LocalMutex::new(0),
+        lock_free: loom::sync::atomic::AtomicU32::new(0),
+    });
+    let (w2, g2) = (w.clone(), gate.clone());
+    let other = loom::thread::spawn(move || consumer(w2, tx, other_idx, g2, pair));
+    let a = consumer(w.clone(), tx, c1.idx, gate.clone(), pair);
+    let b = other.join().unwrap();
+    let p = gate.producer.lock().unwrap().take();
+    p.expect("producer started").join().unwrap();
+    let mut got = [a, b];
+    got.sort();
+    assert_eq!(got, [0x41, 0x42]);
+    let q = w.hq.shared();
+    assert_eq!(
+        q.ctl.not_empty_waiters[0].load(Relaxed),
+        0,
+        "a waiter bit was left set"
+    );
+    assert_eq!(*gate.local.lock().unwrap(), 0, "a thread is still counted");
+    assert_all_free(&q);
+}
+
+#[test]
+fn two_blocked_consumers_are_each_woken_by_one_of_two_sends() {
+    model(|| two_blocked_consumers(Pair::TwoParticipants));
+}
+
+#[test]
+fn two_threads_blocked_on_one_participant_are_each_woken_by_one_of_two_sends() {
+    model(|| two_blocked_consumers(Pair::OneParticipant));
+}
+
+#[test]
+fn two_threads_on_one_participant_counted_lock_free_lose_a_wake_up() {
+    assert_fails("lock-free count", || {
+        two_blocked_consumers(Pair::OneParticipantLockFree)
     });
 }

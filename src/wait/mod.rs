@@ -32,7 +32,7 @@
 //! tests 64 waiters with one load, and so recovery can clear a dead waiter's bit
 //! (`recovery.rs` V3). Modelled in `loom-tests/tests/eventcount.rs`.
 
-use crate::sync::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, spin_hint, AtomicU32, AtomicU64, LocalMutex, Ordering};
 use std::time::Duration;
 
 #[cfg(target_os = "linux")]
@@ -104,7 +104,7 @@ pub fn block_on<T, F: Futex>(
     poll: impl FnMut() -> Option<T>,
     remaining: impl FnMut() -> Option<Option<Duration>>,
 ) -> Wait<T> {
-    let alone = std::sync::Mutex::new(0);
+    let alone = LocalMutex::new(0);
     block_on_counted(futex, seq, waiters, me, &alone, poll, remaining)
 }
 
@@ -118,13 +118,14 @@ pub fn block_on<T, F: Futex>(
 /// and re-setting it after seeing a newcomer's count left the newcomer, already asleep,
 /// without its bit for a moment, and a waker reading the bitmap then skipped the wake;
 /// the newcomer slept to the end of its slice. The lock is taken only on the way into and
-/// out of a sleep, never on the fast path.)
+/// out of a sleep, never on the fast path. `loom-tests/tests/eventcount.rs` models two
+/// threads on one participant, and the lock-free version as a negative control.)
 pub fn block_on_counted<T, F: Futex>(
     futex: &F,
     seq: &AtomicU32,
     waiters: &[AtomicU64],
     me: u16,
-    local: &std::sync::Mutex<u32>,
+    local: &LocalMutex<u32>,
     mut poll: impl FnMut() -> Option<T>,
     mut remaining: impl FnMut() -> Option<Option<Duration>>,
 ) -> Wait<T> {
