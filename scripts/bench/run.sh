@@ -2,7 +2,7 @@
 # Runs the comparative benchmarks (benches/alternatives) and regenerates the tables in
 # BENCHMARKS.md and the plots in docs/bench/*.png from that fresh run.
 #
-#   bash scripts/bench/run.sh            # what BENCHMARKS.md shows (~15 min on 2 cores):
+#   bash scripts/bench/run.sh            # what BENCHMARKS.md shows (~9 min on 2 cores):
 #                                        #   8 B..16 MiB, 3 interleaved runs, + latency
 #                                        #   256 MiB and 1 GiB, 1 run (slow: GiBs per case)
 #                                        #   the loan API with the payload untouched, 1->1
