@@ -13,6 +13,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "send.grow",
         "producer bumped a segment's epoch, object not resized yet (segment G1)",
     ),
+    (
+        "send.trim",
+        "producer emptied a FREE slot's segment to make room: slot LOANED by it, object truncated, seg_size stale (segment trim)",
+    ),
     ("send.written", "payload written, not published"),
     ("send.pos", "pos set, commit not done (ring S4)"),
     ("send.commit", "committed, tail not advanced (ring S5)"),

@@ -28,10 +28,14 @@
 //! (`FREE(g) -> LOANED(g, me)`), bumps its epoch, truncates the object to 0, sets
 //! `seg_size` to 0 and frees the slot. Killed at any point of it: the slot is LOANED by
 //! the dead with `pos` NONE, so recovery frees it (recovery.rs V1b), and `seg_size` may
-//! say more than the file holds, which the next owner detects as after G1/G2. This path
-//! has no named crash point of its own; it is the allocation window `send.alloc` covers. The payload
-//! bound is checked when a segment grows; producers growing at the same moment can each
-//! pass the check, so the bound can be overshot by at most one class per concurrent grower.
+//! say more than the file holds, which the next owner detects as after G1/G2; until then
+//! the pool counts bytes the object no longer has, and the next trim empties that slot
+//! like any other. Crash point `send.trim` (object truncated, `seg_size` not yet reset)
+//! and a kill test there (`tests/crash.rs`).
+//!
+//! The payload bound is checked when a segment grows; producers growing at the same moment
+//! can each pass the check, so the bound can be overshot by at most one class per
+//! concurrent grower.
 
 use crate::error::{Error, ErrorKind};
 use crate::layout::{Shared, SlotState, INLINE_BYTES};
@@ -218,6 +222,7 @@ impl Segments {
             if let Ok(f) = os::open_rw(&os::segment_path(&self.name, i as u32)) {
                 let _ = f.set_len(0);
             }
+            crate::fault::point("send.trim");
             rec.seg_size.store(0, Release);
             crate::slots::free(q, i as u32, loaned);
         }

@@ -108,6 +108,7 @@ fn cloning_receiver_child() -> ! {
 const COVERED: &[&str] = &[
     "send.alloc",
     "send.grow",
+    "send.trim",
     "send.written",
     "send.pos",
     "send.commit",
@@ -165,6 +166,8 @@ struct ProducerCase {
     sizes: (&'static str, &'static str),
     clone_at: Option<u64>,
     fate: InFlight,
+    /// `max_message_size` and `max_payload_bytes` of the queue, when not the defaults.
+    limits: Option<(u64, u64)>,
 }
 
 /// Producer P1 is killed at `point` while producer P2 and consumers C1 + the parent run;
@@ -173,7 +176,11 @@ fn producer_killed(c: ProducerCase) {
     let _wd = Watchdog::new(c.test, LIMIT);
     let g = ShmGuard::new("crash");
     let dir = LogDir::new(&g.name);
-    let (tx, rx) = Builder::new().name(&g.name).capacity(CAP).create().unwrap();
+    let mut b = Builder::new().name(&g.name).capacity(CAP);
+    if let Some((message, pool)) = c.limits {
+        b = b.max_message_size(message).max_payload_bytes(pool);
+    }
+    let (tx, rx) = b.create().unwrap();
     let mut c1 = Proc::spawn_test(
         c.test,
         "c1",
@@ -298,6 +305,7 @@ macro_rules! producer_tests {
                 sizes: ($s1, $s2),
                 clone_at: $clone,
                 fate: $fate,
+                limits: None,
             });
         }
     )*};
@@ -322,6 +330,28 @@ producer_tests! {
         "send.published" skip 20 sizes "mixed" / "mixed" clone None => InFlight::Delivered;
     producer_killed_while_registering_a_cloned_sender_is_recovered:
         "register.cas" skip 2 sizes "mixed" / "mixed" clone Some(10) => InFlight::None(10);
+}
+
+/// Both producers send growing messages (1,000 + 500·seq bytes, 4–32 KiB segments) into a
+/// payload pool of 128 KiB, so allocations keep trimming FREE slots' segments; P1 dies in
+/// its third trim, with the victim slot LOANED by it, the object truncated and `seg_size`
+/// still the old size. Recovery frees the victim and P1's own slot; P2's second half then
+/// reuses slots whose recorded size says more than the object holds.
+#[test]
+fn producer_killed_while_trimming_a_segment_has_its_message_discarded() {
+    let test = "producer_killed_while_trimming_a_segment_has_its_message_discarded";
+    if let Some(r) = role() {
+        child(&r)
+    }
+    producer_killed(ProducerCase {
+        test,
+        point: "send.trim",
+        skip: 2,
+        sizes: ("grow", "grow"),
+        clone_at: None,
+        fate: InFlight::Discarded,
+        limits: Some((64 << 10, 128 << 10)),
+    });
 }
 
 /// A producer killed while registering (monitor record: skip 0; sender record: skip 1)

@@ -608,7 +608,7 @@ pub fn small_size(id: u64, seq: u64) -> usize {
 }
 
 /// A size that grows with `seq` (1000 + 500·seq bytes), so the slots' segments keep being
-/// regrown (crash point `send.grow`).
+/// regrown (crash point `send.grow`), and, in a small payload pool, trimmed (`send.trim`).
 pub fn growing_size(_id: u64, seq: u64) -> usize {
     1000 + 500 * seq as usize
 }
