@@ -10,12 +10,12 @@ pub const POINTS: &[(&str, &str)] = &[
         "producer holds a LOANED slot, nothing written (slots A1)",
     ),
     (
-        "send.grow",
-        "producer bumped a segment's epoch, object not resized yet (segment G1)",
-    ),
-    (
         "send.trim",
         "producer emptied a FREE slot's segment to make room: slot LOANED by it, object truncated, seg_size stale (segment trim)",
+    ),
+    (
+        "send.grow",
+        "producer bumped a segment's epoch, object not resized yet (segment G1)",
     ),
     ("send.written", "payload written, not published"),
     ("send.pos", "pos set, commit not done (ring S4)"),

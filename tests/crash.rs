@@ -107,8 +107,8 @@ fn cloning_receiver_child() -> ! {
 /// The crash points this file kills a process at (each with at least one test below).
 const COVERED: &[&str] = &[
     "send.alloc",
-    "send.grow",
     "send.trim",
+    "send.grow",
     "send.written",
     "send.pos",
     "send.commit",
@@ -333,10 +333,10 @@ producer_tests! {
 }
 
 /// Both producers send growing messages (1,000 + 500·seq bytes, 4–32 KiB segments) into a
-/// payload pool of 128 KiB, so allocations keep trimming FREE slots' segments; P1 dies in
-/// its third trim, with the victim slot LOANED by it, the object truncated and `seg_size`
-/// still the old size. Recovery frees the victim and P1's own slot; P2's second half then
-/// reuses slots whose recorded size says more than the object holds.
+/// payload pool of 128 KiB, so allocations keep trimming FREE slots' segments; P1 dies at
+/// the third segment it empties, with the victim slot LOANED by it, the object truncated
+/// and `seg_size` still the old size. Recovery frees the victim and P1's own slot; P2's
+/// second half then reuses slots whose recorded size says more than the object holds.
 #[test]
 fn producer_killed_while_trimming_a_segment_has_its_message_discarded() {
     let test = "producer_killed_while_trimming_a_segment_has_its_message_discarded";
