@@ -30,6 +30,9 @@ pub enum ErrorKind {
     TooManyParticipants,
     /// Another OS error (see the source).
     Io,
+    /// A [`Loan`](crate::Loan) or [`Message`](crate::Message) used in a process that
+    /// inherited it by `fork`: it belongs to the parent.
+    Forked,
     /// This process is leaving the queue ([`shutdown`](crate::shutdown)); handles report
     /// it as `Disconnected`.
     Closed,

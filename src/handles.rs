@@ -4,12 +4,15 @@ use crate::error::{
     AckTimeoutError, Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
     TrySendError,
 };
-use crate::layout::{part_gen, sender_idx, sender_word, Role, SlotState};
+use crate::layout::{
+    part_gen, sender_idx, sender_word, slot_gen, Role, SlotState, INLINE_BYTES, KIND_INLINE,
+    KIND_SEGMENT,
+};
 use crate::queue::{Queue, Reg, User};
 use crate::ring::{self, RingError};
 use crate::segment::{self, GrowError, Seg};
 use crate::slots;
-use crate::sync::Ordering::{AcqRel, Relaxed};
+use crate::sync::Ordering::Relaxed;
 use crate::wait::{self, Wait};
 use std::fmt;
 use std::sync::Arc;
@@ -26,7 +29,14 @@ pub(crate) struct Participant {
     /// A sender's slot-scan cursor: the slot after the one it took last. Threads sharing
     /// the handle may overwrite each other's value; that only moves where a scan starts.
     cursor: std::sync::atomic::AtomicU32,
+    /// A receiver's hand-backs: messages it failed to map (slot, generation, when), which
+    /// it passes over for [`SKIP_FOR`] so that other receivers take them and its own
+    /// later receives are not stuck behind them.
+    skipped: std::sync::Mutex<Vec<(u32, u64, Instant)>>,
 }
+
+/// How long a receiver passes over a message it could not map before it tries again.
+const SKIP_FOR: Duration = Duration::from_secs(1);
 
 impl Participant {
     pub fn new(q: User, role: Role) -> Result<Arc<Participant>, Error> {
@@ -36,6 +46,7 @@ impl Participant {
             reg: Some(reg),
             blocked: Default::default(),
             cursor: std::sync::atomic::AtomicU32::new(0),
+            skipped: Default::default(),
         }))
     }
     fn reg(&self) -> &Reg {
@@ -49,7 +60,388 @@ impl Participant {
 impl Drop for Participant {
     fn drop(&mut self) {
         if let Some(reg) = self.reg.take() {
-            self.q.leave(reg);
+            self.q.leave(reg); // nothing but closing its descriptor in a forked child
+        }
+    }
+}
+
+/// The sender and receiver operations, on the participant of the calling process (see
+/// [`Handle`]).
+impl Participant {
+    fn disconnected(self: &Arc<Self>) -> bool {
+        self.q.peers().1 == 0
+    }
+
+    fn check_len(self: &Arc<Self>, len: usize) -> Result<u64, TrySendError> {
+        let max = self.q.dims.max_message_size;
+        let len = len as u64;
+        if len > max {
+            return Err(TrySendError::TooLarge { len, max });
+        }
+        Ok(len)
+    }
+
+    /// One attempt to take a payload slot of `len` bytes. `Ok(None)`: none free (or the
+    /// payload bound is reached) right now.
+    fn alloc(self: &Arc<Self>, len: u64) -> Result<Option<Loan>, Error> {
+        let q = &self.q;
+        let _op = q.enter().ok_or_else(Error::closed)?;
+        let s = q.shared();
+        let me = self.idx();
+        let fits =
+            |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
+        // A payload in a segment tries the slot whose segment was freed last first (mapped
+        // and warm everywhere), then scans from this sender's cursor; an inline payload
+        // only scans: the hint line is written by every segment ack, and reading it on
+        // every small send would move it between cores twice per message.
+        let cursor = &self.cursor;
+        let hinted = || {
+            let hint = s.ctl.free_hint.load(Relaxed) as usize;
+            slots::take_if_free(&s, me, hint, fits)
+        };
+        let got = (!segment::is_inline(len))
+            .then(hinted)
+            .flatten()
+            .or_else(|| slots::alloc(&s, me, cursor.load(Relaxed) as usize, fits));
+        let Some((slot, word)) = got else {
+            return Ok(None);
+        };
+        cursor.store(slot.wrapping_add(1), Relaxed);
+        crate::fault::point("send.alloc");
+        let rec = &s.slots[slot as usize];
+        let (ptr, seg) = if segment::is_inline(len) {
+            (rec.inline.with_mut(|p| p as *mut u8), None)
+        } else {
+            let d = &q.dims;
+            match q
+                .segs
+                .for_write(&s, slot, len, me, d.max_message_size, d.max_payload_bytes)
+            {
+                Ok(seg) => (seg.ptr(), Some(seg)),
+                Err(e) => {
+                    slots::free(&s, slot, word);
+                    return match e {
+                        GrowError::PoolFull => Ok(None),
+                        GrowError::Failed(e) => Err(e),
+                    };
+                }
+            }
+        };
+        // Owner-only fields (A2), published by the ring's commit. The storage kind is
+        // recorded, never re-derived from `len`: `Loan::truncate` may shrink a segment
+        // message to the inline size, and its bytes are still in the segment.
+        rec.len.store(len, Relaxed);
+        rec.kind.store(
+            if seg.is_some() {
+                KIND_SEGMENT
+            } else {
+                KIND_INLINE
+            },
+            Relaxed,
+        );
+        rec.deliveries.store(1, Relaxed);
+        rec.sender
+            .store(sender_word(me, part_gen(self.reg().word)), Relaxed);
+        Ok(Some(Loan {
+            p: self.clone(),
+            slot,
+            word,
+            ptr,
+            len: len as usize,
+            _seg: seg,
+            sent: false,
+        }))
+    }
+
+    fn loan_until(
+        self: &Arc<Self>,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Loan, SendTimeoutError> {
+        let len = self.check_len(len)?;
+        if self.disconnected() {
+            return Err(SendTimeoutError::Disconnected);
+        }
+        let q = &self.q;
+        let s = q.shared();
+        let r = wait::block_on_counted(
+            &q.futex,
+            &s.ctl.not_full,
+            q.bitmap(&s.ctl.not_full_waiters),
+            self.idx(),
+            &self.blocked[1],
+            || match self.alloc(len) {
+                Ok(Some(l)) => Some(Ok(l)),
+                Err(e) => Some(Err(SendTimeoutError::from(e))),
+                Ok(None) if self.disconnected() => Some(Err(SendTimeoutError::Disconnected)),
+                Ok(None) => None,
+            },
+            remaining(q, deadline),
+        );
+        match r {
+            Wait::Ready(r) => r,
+            Wait::TimedOut => Err(SendTimeoutError::Timeout),
+        }
+    }
+
+    fn send_until(
+        self: &Arc<Self>,
+        msg: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError> {
+        let mut loan = self.loan_until(msg.len(), deadline)?;
+        copy_payload(&mut loan, msg);
+        crate::fault::point("send.written");
+        loan.publish_until(deadline).map_err(|u| u.error)
+    }
+
+    fn no_senders(self: &Arc<Self>) -> bool {
+        self.q.peers().0 == 0
+    }
+
+    /// One attempt: a redelivery first (they are older), then the ring.
+    fn take(self: &Arc<Self>) -> Result<Option<Message>, Error> {
+        let q = &self.q;
+        let _op = q.enter().ok_or_else(Error::closed)?;
+        let s = q.shared();
+        let me = self.idx();
+        // (The hint is read once more inside; this test only spares the common case the
+        // cursor's read-modify-write.)
+        if s.ctl.counters.orphans.load(Relaxed) != 0 {
+            let mut skipped = crate::queue::lock(&self.skipped);
+            if !skipped.is_empty() {
+                let now = Instant::now();
+                skipped.retain(|e| now.duration_since(e.2) < SKIP_FOR);
+            }
+            let got = slots::claim_orphan(&s, me, q.next_cursor(), |slot, w| {
+                skipped.iter().any(|e| e.0 == slot && e.1 == slot_gen(w))
+            });
+            drop(skipped);
+            if let Some((slot, word, n)) = got {
+                return self.build(slot, word, n).map(Some);
+            }
+        }
+        match ring::claim(&s, me) {
+            Ok(c) => {
+                crate::fault::point("recv.claimed");
+                wait::notify_all(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
+                self.build(c.slot, c.word, 1).map(Some)
+            }
+            Err(RingError::Empty) | Err(RingError::Full) => Ok(None),
+            Err(RingError::Corrupt) => Err(Error::corrupt(format!(
+                "the ring of queue {:?} holds an impossible word",
+                q.name
+            ))),
+        }
+    }
+
+    /// The message in slot `slot`, just claimed with word `word` for its `count`-th
+    /// delivery. Bounds-checks what it reads: a length or storage kind no producer
+    /// writes drops the slot (rather than wedge the queue) and reports `Corrupt`.
+    fn build(self: &Arc<Self>, slot: u32, word: u64, count: u64) -> Result<Message, Error> {
+        let q = &self.q;
+        let s = q.shared();
+        let rec = &s.slots[slot as usize];
+        let len = rec.len.load(Relaxed);
+        let kind = rec.kind.load(Relaxed);
+        let max = q.dims.max_message_size;
+        let bad = if len > max {
+            Some(segment::bad_len(len, max))
+        } else if kind == KIND_INLINE && len > INLINE_BYTES as u64 {
+            Some(Error::corrupt(format!(
+                "message length {len} in shared memory exceeds the inline size {INLINE_BYTES}"
+            )))
+        } else if kind != KIND_INLINE && kind != KIND_SEGMENT {
+            Some(Error::corrupt(format!(
+                "message storage kind {kind} in shared memory is not one shmq writes"
+            )))
+        } else {
+            None
+        };
+        if let Some(e) = bad {
+            slots::free(&s, slot, word);
+            return Err(e);
+        }
+        let (ptr, seg) = if kind == KIND_INLINE {
+            (rec.inline.with(|p| p as *const u8), None)
+        } else {
+            match q.segs.for_read(&s, slot, len) {
+                Ok(seg) => (seg.ptr() as *const u8, Some(seg)),
+                Err(e) => {
+                    // Could not map it here (out of descriptors, memory, or permission):
+                    // hand it back for another receiver (H1; not counted as a delivery)
+                    // and pass over it ourselves for a while, so neither this message nor
+                    // the ones behind it wait on us.
+                    if slots::give_up(&s, slot, word, false) == slots::GaveUp::Orphaned {
+                        crate::queue::lock(&self.skipped).push((
+                            slot,
+                            slot_gen(word),
+                            Instant::now(),
+                        ));
+                        wait::notify_all(
+                            &q.futex,
+                            &s.ctl.not_empty,
+                            q.bitmap(&s.ctl.not_empty_waiters),
+                        );
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        Ok(Message {
+            p: self.clone(),
+            slot,
+            word,
+            ptr,
+            len: len as usize,
+            _seg: seg,
+            count: count.min(u32::MAX as u64) as u32,
+        })
+    }
+
+    fn recv_until(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+    ) -> Result<Message, RecvTimeoutError> {
+        let q = &self.q;
+        let s = q.shared();
+        let r = wait::block_on_counted(
+            &q.futex,
+            &s.ctl.not_empty,
+            q.bitmap(&s.ctl.not_empty_waiters),
+            self.idx(),
+            &self.blocked[0],
+            || {
+                self.try_recv_inner().map_or_else(
+                    |e| match e {
+                        TryRecvError::Empty => None,
+                        TryRecvError::Disconnected => Some(Err(RecvTimeoutError::Disconnected)),
+                        TryRecvError::Failed(e) => Some(Err(RecvTimeoutError::Failed(e))),
+                    },
+                    |m| Some(Ok(m)),
+                )
+            },
+            remaining(q, deadline),
+        );
+        match r {
+            Wait::Ready(r) => r,
+            Wait::TimedOut => Err(RecvTimeoutError::Timeout),
+        }
+    }
+
+    fn try_recv_inner(self: &Arc<Self>) -> Result<Message, TryRecvError> {
+        if let Some(m) = self.take()? {
+            return Ok(m);
+        }
+        if self.no_senders() {
+            // The last sender may have sent just before leaving: look once more, after
+            // seeing it gone.
+            return match self.take()? {
+                Some(m) => Ok(m),
+                None => Err(TryRecvError::Disconnected),
+            };
+        }
+        Err(TryRecvError::Empty)
+    }
+}
+
+/// A `Sender`'s or `Receiver`'s participant, per process. In the process that made the
+/// handle that is `home`. A forked child that inherited the handle (`fork.rs`) must not
+/// act as the parent's participant: on first use it attaches to the queue afresh, by
+/// name, and makes a participant of its own (`local`), as if it had called `open`.
+pub(crate) struct Handle {
+    home: Arc<Participant>,
+    role: Role,
+    /// A leaked `Box<Local>` (null until a forked child first uses the handle), freed by
+    /// `drop`; replaced only by a process of a later epoch (a grandchild), whose new one
+    /// keeps the old one in `prev` (another thread may still be reading its epoch), so
+    /// `drop` frees the chain (dropping a foreign participant changes nothing).
+    local: std::sync::atomic::AtomicPtr<Local>,
+}
+
+pub(crate) struct Local {
+    epoch: u64,
+    p: Arc<Participant>,
+    prev: *mut Local,
+}
+
+impl Handle {
+    fn new(q: User, role: Role) -> Result<Handle, Error> {
+        Ok(Handle {
+            home: Participant::new(q, role)?,
+            role,
+            local: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+        })
+    }
+
+    /// The participant of the calling process.
+    ///
+    /// # Errors
+    /// In a forked child, what attaching afresh returns; a queue that is gone (or whose
+    /// name now names another queue) is `Closed` (handles report `Disconnected`).
+    #[inline]
+    fn get(&self) -> Result<&Arc<Participant>, Error> {
+        if !self.home.q.foreign() {
+            return Ok(&self.home);
+        }
+        self.get_forked()
+    }
+
+    #[cold]
+    fn get_forked(&self) -> Result<&Arc<Participant>, Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let epoch = crate::fork::epoch();
+        loop {
+            let cur = self.local.load(SeqCst);
+            // SAFETY: a non-null `local` points to a live `Local`: it is freed only by
+            // `drop` (which has `&mut self`) or replaced below by a later epoch, which
+            // is never this one again.
+            if !cur.is_null() && unsafe { (*cur).epoch } == epoch {
+                // SAFETY: as above; it stays installed as long as `self` lives.
+                return Ok(unsafe { &(*cur).p });
+            }
+            let home = &self.home.q;
+            let gone = || {
+                Error::new(
+                    crate::ErrorKind::Closed,
+                    format!(
+                        "queue {:?} (inherited across fork) no longer exists",
+                        home.name
+                    ),
+                )
+            };
+            let q = match Queue::open(&home.name, home.supervision) {
+                Ok(q) => q,
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => return Err(gone()),
+                Err(e) => return Err(e),
+            };
+            if q.ino != home.ino {
+                return Err(gone());
+            }
+            let p = Participant::new(q, self.role)?;
+            let new = Box::into_raw(Box::new(Local {
+                epoch,
+                p,
+                prev: cur,
+            }));
+            match self.local.compare_exchange(cur, new, SeqCst, SeqCst) {
+                // SAFETY: just installed; lives as long as `self`.
+                Ok(_) => return Ok(unsafe { &(*new).p }),
+                // Another thread of ours installed one first: use it.
+                // SAFETY: `new` was never shared.
+                Err(_) => drop(unsafe { Box::from_raw(new) }),
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut cur = *self.local.get_mut();
+        while !cur.is_null() {
+            // SAFETY: the chain is ours alone now (`&mut self`); made by `get_forked`.
+            let l = unsafe { Box::from_raw(cur) };
+            cur = l.prev;
         }
     }
 }
@@ -95,7 +487,7 @@ macro_rules! handle_common {
         impl $ty {
             pub(crate) fn from_queue(q: User) -> Result<$ty, Error> {
                 Ok($ty {
-                    p: Participant::new(q, $role)?,
+                    h: Handle::new(q, $role)?,
                 })
             }
 
@@ -104,19 +496,19 @@ macro_rules! handle_common {
             /// # Errors
             /// `TooManyParticipants` if every record is taken.
             pub fn try_clone(&self) -> Result<$ty, Error> {
-                $ty::from_queue(self.p.q.clone())
+                $ty::from_queue(self.h.get()?.q.clone())
             }
 
             /// The queue's name (what other processes pass to `open`).
             pub fn name(&self) -> &str {
-                &self.p.q.name
+                &self.h.home.q.name
             }
 
             /// Messages in the queue right now (a racy snapshot: exact only when nobody is
             /// sending or receiving). Redelivered messages waiting for a new consumer count
             /// too.
             pub fn len(&self) -> usize {
-                queue_len(&self.p.q)
+                queue_len(&self.h.home.q)
             }
 
             /// Whether [`len`](Self::len) is 0 (racy, as `len`).
@@ -131,7 +523,7 @@ macro_rules! handle_common {
 
             /// The exact number of messages the queue holds before `try_send` says `Full`.
             pub fn capacity(&self) -> usize {
-                self.p.q.dims.geometry.capacity as usize
+                self.h.home.q.dims.geometry.capacity as usize
             }
         }
 
@@ -149,8 +541,8 @@ macro_rules! handle_common {
         impl fmt::Debug for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($ty))
-                    .field("queue", &self.p.q.name)
-                    .field("participant", &self.p.idx())
+                    .field("queue", &self.h.home.q.name)
+                    .field("participant", &self.h.home.idx())
                     .finish()
             }
         }
@@ -173,7 +565,7 @@ handle_common!(Receiver, Role::Receiver, "receiver");
 /// # Ok(()) }
 /// ```
 pub struct Sender {
-    p: Arc<Participant>,
+    h: Handle,
 }
 
 impl Sender {
@@ -189,107 +581,7 @@ impl Sender {
 
     /// The largest message this queue takes, in bytes.
     pub fn max_message_size(&self) -> u64 {
-        self.p.q.dims.max_message_size
-    }
-
-    fn disconnected(&self) -> bool {
-        self.p.q.peers().1 == 0
-    }
-
-    fn check_len(&self, len: usize) -> Result<u64, TrySendError> {
-        let max = self.max_message_size();
-        let len = len as u64;
-        if len > max {
-            return Err(TrySendError::TooLarge { len, max });
-        }
-        Ok(len)
-    }
-
-    /// One attempt to take a payload slot of `len` bytes. `Ok(None)`: none free (or the
-    /// payload bound is reached) right now.
-    fn alloc(&self, len: u64) -> Result<Option<Loan>, Error> {
-        let q = &self.p.q;
-        let _op = q.enter().ok_or_else(Error::closed)?;
-        let s = q.shared();
-        let me = self.p.idx();
-        let fits =
-            |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
-        // A payload in a segment tries the slot whose segment was freed last first (mapped
-        // and warm everywhere), then scans from this sender's cursor; an inline payload
-        // only scans: the hint line is written by every segment ack, and reading it on
-        // every small send would move it between cores twice per message.
-        let cursor = &self.p.cursor;
-        let hinted = || {
-            let hint = s.ctl.free_hint.load(Relaxed) as usize;
-            slots::take_if_free(&s, me, hint, fits)
-        };
-        let got = (!segment::is_inline(len))
-            .then(hinted)
-            .flatten()
-            .or_else(|| slots::alloc(&s, me, cursor.load(Relaxed) as usize, fits));
-        let Some((slot, word)) = got else {
-            return Ok(None);
-        };
-        cursor.store(slot.wrapping_add(1), Relaxed);
-        crate::fault::point("send.alloc");
-        let rec = &s.slots[slot as usize];
-        let (ptr, seg) = if segment::is_inline(len) {
-            (rec.inline.with_mut(|p| p as *mut u8), None)
-        } else {
-            let d = &q.dims;
-            match q
-                .segs
-                .for_write(&s, slot, len, me, d.max_message_size, d.max_payload_bytes)
-            {
-                Ok(seg) => (seg.ptr(), Some(seg)),
-                Err(e) => {
-                    slots::free(&s, slot, word);
-                    return match e {
-                        GrowError::PoolFull => Ok(None),
-                        GrowError::Failed(e) => Err(e),
-                    };
-                }
-            }
-        };
-        rec.len.store(len, Relaxed);
-        rec.sender
-            .store(sender_word(me, part_gen(self.p.reg().word)), Relaxed);
-        Ok(Some(Loan {
-            p: self.p.clone(),
-            slot,
-            word,
-            ptr,
-            len: len as usize,
-            _seg: seg,
-            sent: false,
-        }))
-    }
-
-    fn loan_until(&self, len: usize, deadline: Option<Instant>) -> Result<Loan, SendTimeoutError> {
-        let len = self.check_len(len)?;
-        if self.disconnected() {
-            return Err(SendTimeoutError::Disconnected);
-        }
-        let q = &self.p.q;
-        let s = q.shared();
-        let r = wait::block_on_counted(
-            &q.futex,
-            &s.ctl.not_full,
-            q.bitmap(&s.ctl.not_full_waiters),
-            self.p.idx(),
-            &self.p.blocked[1],
-            || match self.alloc(len) {
-                Ok(Some(l)) => Some(Ok(l)),
-                Err(e) => Some(Err(SendTimeoutError::from(e))),
-                Ok(None) if self.disconnected() => Some(Err(SendTimeoutError::Disconnected)),
-                Ok(None) => None,
-            },
-            remaining(q, deadline),
-        );
-        match r {
-            Wait::Ready(r) => r,
-            Wait::TimedOut => Err(SendTimeoutError::Timeout),
-        }
+        self.h.home.q.dims.max_message_size
     }
 
     /// Takes a payload buffer of `len` bytes to fill in place, then [`Loan::send`]. Blocks
@@ -300,7 +592,7 @@ impl Sender {
     /// receiver is attached; `Failed` if shared memory cannot be sized (e.g. `/dev/shm`
     /// full).
     pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
-        self.loan_until(len, None).map_err(SendError::from)
+        self.h.get()?.loan_until(len, None).map_err(SendError::from)
     }
 
     /// Like [`loan`](Self::loan), waiting at most `timeout` for a payload slot.
@@ -308,7 +600,9 @@ impl Sender {
     /// # Errors
     /// `Timeout` if no slot freed up in time; otherwise as [`loan`](Self::loan).
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendTimeoutError> {
-        self.loan_until(len, Some(Instant::now() + timeout))
+        self.h
+            .get()?
+            .loan_until(len, Some(Instant::now() + timeout))
     }
 
     /// Like [`loan`](Self::loan) but never blocks: `Full` if no payload slot is free.
@@ -316,11 +610,12 @@ impl Sender {
     /// # Errors
     /// As [`loan`](Self::loan), plus `Full`.
     pub fn try_loan(&self, len: usize) -> Result<Loan, TrySendError> {
-        let len = self.check_len(len)?;
-        if self.disconnected() {
+        let p = self.h.get()?;
+        let len = p.check_len(len)?;
+        if p.disconnected() {
             return Err(TrySendError::Disconnected);
         }
-        match self.alloc(len)? {
+        match p.alloc(len)? {
             Some(l) => Ok(l),
             None => Err(TrySendError::Full),
         }
@@ -331,7 +626,7 @@ impl Sender {
     /// # Errors
     /// `Disconnected` if no receiver is attached; `TooLarge`; `Failed` on an OS failure.
     pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
-        self.send_until(msg, None).map_err(SendError::from)
+        self.h.get()?.send_until(msg, None).map_err(SendError::from)
     }
 
     /// Sends a copy of `msg`, waiting at most `timeout` for space.
@@ -339,14 +634,9 @@ impl Sender {
     /// # Errors
     /// `Timeout` if the queue stayed full; otherwise as [`send`](Self::send).
     pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
-        self.send_until(msg, Some(Instant::now() + timeout))
-    }
-
-    fn send_until(&self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
-        let mut loan = self.loan_until(msg.len(), deadline)?;
-        copy_payload(&mut loan, msg);
-        crate::fault::point("send.written");
-        loan.publish_until(deadline).map_err(|u| u.error)
+        self.h
+            .get()?
+            .send_until(msg, Some(Instant::now() + timeout))
     }
 
     /// Sends a copy of `msg` if there is room right now.
@@ -355,10 +645,11 @@ impl Sender {
     /// `Full` if `capacity` messages are queued or no payload slot is free; otherwise as
     /// [`send`](Self::send).
     pub fn try_send(&self, msg: &[u8]) -> Result<(), TrySendError> {
-        self.check_len(msg.len())?;
+        let p = self.h.get()?;
+        p.check_len(msg.len())?;
         // Spare the copy when it could not be sent anyway (racy; `publish` decides).
-        if ring::looks_full(&self.p.q.shared()) {
-            return Err(if self.disconnected() {
+        if ring::looks_full(&p.q.shared()) {
+            return Err(if p.disconnected() {
                 TrySendError::Disconnected
             } else {
                 TrySendError::Full
@@ -377,10 +668,14 @@ impl Sender {
     /// # Errors
     /// [`AckTimeoutError`] if messages are still unacknowledged at the deadline.
     pub fn wait_for_acks(&self, timeout: Option<Duration>) -> Result<(), AckTimeoutError> {
-        let q = &self.p.q;
+        // A forked child that cannot attach this handle has sent nothing through it.
+        let Ok(p) = self.h.get() else {
+            return Ok(());
+        };
+        let q = &p.q;
         let s = q.shared();
-        let me = self.p.idx();
-        let stamp = sender_word(me, part_gen(self.p.reg().word));
+        let me = p.idx();
+        let stamp = sender_word(me, part_gen(p.reg().word));
         let rec = &s.parts[me as usize];
         let deadline = timeout.map(|t| Instant::now() + t);
         // Sleep in 100 ms slices at most: a consumer killed between freeing a slot and
@@ -391,7 +686,7 @@ impl Sender {
             &rec.ack_seq,
             std::slice::from_ref(&rec.ack_waiting),
             0,
-            &self.p.blocked[2],
+            &p.blocked[2],
             || (!slots::has_pending(&s, stamp, me)).then_some(()),
             || left().map(|l| Some(l.unwrap_or(Duration::MAX).min(Duration::from_millis(100)))),
         );
@@ -490,7 +785,11 @@ impl<E: std::error::Error + 'static> std::error::Error for Unsent<E> {
 
 impl Loan {
     /// Shortens the message to `len` bytes (no effect if it is not shorter).
+    ///
+    /// # Panics
+    /// In a process that inherited the loan by `fork` (it is the parent's).
     pub fn truncate(&mut self, len: usize) {
+        self.native();
         if len < self.len {
             self.len = len;
             let s = self.p.q.shared();
@@ -498,11 +797,31 @@ impl Loan {
         }
     }
 
+    /// Panics unless this process made the loan (see `fork.rs`).
+    #[inline]
+    #[track_caller]
+    fn native(&self) {
+        if self.p.q.foreign() {
+            crate::fork::inherited("Loan");
+        }
+    }
+
+    /// The error of sending a loan inherited by fork.
+    fn forked() -> Error {
+        Error::new(
+            crate::ErrorKind::Forked,
+            "this loan was inherited from the parent process by fork; it is the parent's",
+        )
+    }
+
     fn unsent<E>(self, error: E) -> Unsent<E> {
         Unsent { loan: self, error }
     }
 
     fn publish_once(&self) -> Result<bool, Error> {
+        if self.p.q.foreign() {
+            return Err(Loan::forked());
+        }
         let _op = self.p.q.enter().ok_or_else(Error::closed)?;
         let s = self.p.q.shared();
         match ring::publish(&s, self.slot) {
@@ -529,6 +848,9 @@ impl Loan {
     }
 
     fn publish_until(self, deadline: Option<Instant>) -> Result<(), Unsent<SendTimeoutError>> {
+        if self.p.q.foreign() {
+            return Err(self.unsent(SendTimeoutError::Failed(Loan::forked())));
+        }
         // A borrow, not a `User` clone: cloning one takes the process-wide registry lock.
         let q: &Queue = &self.p.q;
         let s = q.shared();
@@ -601,6 +923,7 @@ impl Loan {
 impl std::ops::Deref for Loan {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        self.native();
         // SAFETY: see `unsafe impl Send for Loan`: `ptr..ptr+len` is mapped, ours alone.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
@@ -608,6 +931,7 @@ impl std::ops::Deref for Loan {
 
 impl std::ops::DerefMut for Loan {
     fn deref_mut(&mut self) -> &mut [u8] {
+        self.native();
         // SAFETY: as in `deref`, and `&mut self` makes this the only view.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
@@ -624,7 +948,8 @@ impl fmt::Debug for Loan {
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        if !self.sent {
+        // A forked child's copy of the parent's loan: forget it (`fork.rs`).
+        if !self.sent && !self.p.q.foreign() {
             let q = &self.p.q;
             let s = q.shared();
             slots::free(&s, self.slot, self.word);
@@ -639,7 +964,7 @@ impl Drop for Loan {
 /// The receiving side of a queue. Each message goes to exactly one receiver; each clone
 /// is a participant of its own.
 pub struct Receiver {
-    p: Arc<Participant>,
+    h: Handle,
 }
 
 impl Receiver {
@@ -651,127 +976,6 @@ impl Receiver {
         crate::Builder::new().name(name).open_receiver()
     }
 
-    fn no_senders(&self) -> bool {
-        self.p.q.peers().0 == 0
-    }
-
-    /// One attempt: a redelivery first (they are older), then the ring.
-    fn take(&self) -> Result<Option<Message>, Error> {
-        let q = &self.p.q;
-        let _op = q.enter().ok_or_else(Error::closed)?;
-        let s = q.shared();
-        let me = self.p.idx();
-        // (The hint is read once more inside; this test only spares the common case the
-        // cursor's read-modify-write.)
-        if s.ctl.counters.orphans.load(Relaxed) != 0 {
-            if let Some((slot, word)) = slots::claim_orphan(&s, me, q.next_cursor()) {
-                return self.build(slot, word, true).map(Some);
-            }
-        }
-        match ring::claim(&s, me) {
-            Ok(c) => {
-                crate::fault::point("recv.claimed");
-                wait::notify_all(&q.futex, &s.ctl.not_full, q.bitmap(&s.ctl.not_full_waiters));
-                self.build(c.slot, c.word, false).map(Some)
-            }
-            Err(RingError::Empty) | Err(RingError::Full) => Ok(None),
-            Err(RingError::Corrupt) => Err(Error::corrupt(format!(
-                "the ring of queue {:?} holds an impossible word",
-                q.name
-            ))),
-        }
-    }
-
-    fn build(&self, slot: u32, word: u64, redelivered: bool) -> Result<Message, Error> {
-        let q = &self.p.q;
-        let s = q.shared();
-        let rec = &s.slots[slot as usize];
-        let len = rec.len.load(Relaxed);
-        let max = q.dims.max_message_size;
-        if len > max {
-            // No correct producer wrote this: drop the slot rather than wedge the queue.
-            slots::free(&s, slot, word);
-            return Err(segment::bad_len(len, max));
-        }
-        let (ptr, seg) = if segment::is_inline(len) {
-            (rec.inline.with(|p| p as *const u8), None)
-        } else {
-            match q.segs.for_read(&s, slot, len) {
-                Ok(seg) => (seg.ptr() as *const u8, Some(seg)),
-                Err(e) => {
-                    // Could not map it here (out of descriptors or address space?): hand
-                    // the message back for redelivery rather than lose it. Same order as
-                    // recovery V2a: the slot first, then the hint; killed in between, the
-                    // next repair pass raises the hint (`recovery::heal_orphan_hint`).
-                    let orphan = crate::layout::slot_word(
-                        crate::layout::slot_gen(word),
-                        SlotState::Orphan,
-                        crate::layout::OWNER_NONE,
-                    );
-                    if rec
-                        .word
-                        .compare_exchange(word, orphan, AcqRel, Relaxed)
-                        .is_ok()
-                    {
-                        s.ctl.counters.orphans.fetch_add(1, AcqRel);
-                    }
-                    return Err(e);
-                }
-            }
-        };
-        Ok(Message {
-            p: self.p.clone(),
-            slot,
-            word,
-            ptr,
-            len: len as usize,
-            _seg: seg,
-            redelivered,
-        })
-    }
-
-    fn recv_until(&self, deadline: Option<Instant>) -> Result<Message, RecvTimeoutError> {
-        let q = &self.p.q;
-        let s = q.shared();
-        let r = wait::block_on_counted(
-            &q.futex,
-            &s.ctl.not_empty,
-            q.bitmap(&s.ctl.not_empty_waiters),
-            self.p.idx(),
-            &self.p.blocked[0],
-            || {
-                self.try_recv_inner().map_or_else(
-                    |e| match e {
-                        TryRecvError::Empty => None,
-                        TryRecvError::Disconnected => Some(Err(RecvTimeoutError::Disconnected)),
-                        TryRecvError::Failed(e) => Some(Err(RecvTimeoutError::Failed(e))),
-                    },
-                    |m| Some(Ok(m)),
-                )
-            },
-            remaining(q, deadline),
-        );
-        match r {
-            Wait::Ready(r) => r,
-            Wait::TimedOut => Err(RecvTimeoutError::Timeout),
-        }
-    }
-
-    fn try_recv_inner(&self) -> Result<Message, TryRecvError> {
-        if let Some(m) = self.take()? {
-            return Ok(m);
-        }
-        if self.no_senders() {
-            // The last sender may have sent just before leaving: look once more, after
-            // seeing it gone.
-            return match self.take()? {
-                Some(m) => Ok(m),
-                None => Err(TryRecvError::Disconnected),
-            };
-        }
-        Err(TryRecvError::Empty)
-    }
-
     /// Takes a message if one is waiting.
     ///
     /// # Errors
@@ -779,7 +983,7 @@ impl Receiver {
     /// if the message's payload cannot be mapped (it is then redelivered) or the queue's
     /// memory is corrupt.
     pub fn try_recv(&self) -> Result<Message, TryRecvError> {
-        self.try_recv_inner()
+        self.h.get()?.try_recv_inner()
     }
 
     /// Takes a message, blocking until one arrives.
@@ -788,7 +992,7 @@ impl Receiver {
     /// `Disconnected` once the queue is empty and no live sender is attached; `Failed` as
     /// in [`try_recv`](Self::try_recv).
     pub fn recv(&self) -> Result<Message, RecvError> {
-        self.recv_until(None).map_err(RecvError::from)
+        self.h.get()?.recv_until(None).map_err(RecvError::from)
     }
 
     /// Takes a message, waiting at most `timeout`.
@@ -796,7 +1000,7 @@ impl Receiver {
     /// # Errors
     /// `Timeout`; otherwise as [`recv`](Self::recv).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
-        self.recv_until(Some(Instant::now() + timeout))
+        self.h.get()?.recv_until(Some(Instant::now() + timeout))
     }
 }
 
@@ -813,7 +1017,7 @@ pub struct Message {
     ptr: *const u8,
     len: usize,
     _seg: Option<Arc<Seg>>,
-    redelivered: bool,
+    count: u32,
 }
 
 // SAFETY: the message exclusively holds its slot (HELD by its participant) until dropped;
@@ -832,9 +1036,17 @@ impl Message {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// Whether this message was delivered before, to a consumer that died holding it.
+    /// Whether this message was delivered before, to a consumer that died holding it
+    /// (`delivery_count() > 1`).
     pub fn is_redelivery(&self) -> bool {
-        self.redelivered
+        self.count > 1
+    }
+    /// Which delivery of this message this is: 1 the first time; `n` after `n - 1`
+    /// consumers died holding it (or left their process without dropping it). Once a
+    /// message reaches the queue's [`max_deliveries`](crate::Builder::max_deliveries) and
+    /// its consumer dies again, it is set aside instead of redelivered.
+    pub fn delivery_count(&self) -> u32 {
+        self.count
     }
     /// Acknowledges the message (the same as dropping it).
     pub fn ack(self) {}
@@ -843,6 +1055,9 @@ impl Message {
 impl std::ops::Deref for Message {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        if self.p.q.foreign() {
+            crate::fork::inherited("Message");
+        }
         // SAFETY: see `unsafe impl Send for Message`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
@@ -858,7 +1073,7 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
             .field("len", &self.len)
-            .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.count)
             .finish()
     }
 }
@@ -866,13 +1081,14 @@ impl fmt::Debug for Message {
 impl Drop for Message {
     fn drop(&mut self) {
         let q = &self.p.q;
-        let s = q.shared();
-        let rec = &s.slots[self.slot as usize];
-        // Read the stamp before the slot is free and can be stamped by its next producer.
-        let stamp = rec.sender.load(Relaxed);
-        if !slots::free(&s, self.slot, self.word) {
-            return; // recovered from under us: someone judged this process dead
+        if q.foreign() {
+            return; // a forked child's copy of the parent's message (`fork.rs`)
         }
+        let s = q.shared();
+        let stamp = slots::ack(&s, self.slot, self.word);
+        let Some(stamp) = stamp else {
+            return; // recovered from under us: someone judged this process dead
+        };
         if self._seg.is_some() {
             // Only segment slots are worth steering producers to (see `Sender::alloc`).
             s.ctl.free_hint.store(self.slot as u64, Relaxed);

@@ -25,6 +25,9 @@ pub struct QueueInfo {
     pub max_payload_bytes: u64,
     /// Whether held messages of dead consumers are dropped (else redelivered).
     pub at_most_once: bool,
+    /// Deliveries after which a message whose consumer died is set aside
+    /// ([`Builder::max_deliveries`](crate::Builder::max_deliveries)).
+    pub max_deliveries: u32,
     /// Ring position hints.
     pub head: u64,
     /// Ring position hints.
@@ -46,6 +49,8 @@ pub struct QueueInfo {
     pub orphaned: u64,
     /// Held messages of dead consumers dropped (at-most-once).
     pub dropped: u64,
+    /// Messages set aside (discarded) after `max_deliveries` deliveries.
+    pub dead_letters: u64,
     /// Unsent loans of dead producers discarded.
     pub discarded: u64,
     /// Every taken participant record.
@@ -135,6 +140,7 @@ pub fn inspect(name: &str) -> Result<QueueInfo, Error> {
         max_message_size: dims.max_message_size,
         max_payload_bytes: dims.max_payload_bytes,
         at_most_once: dims.at_most_once,
+        max_deliveries: dims.max_deliveries as u32,
         head: q.ctl.head.load(Relaxed),
         tail: q.ctl.tail.load(Relaxed),
         depth: crate::ring::len(&q) + slot_states[SlotState::Orphan as usize],
@@ -145,6 +151,7 @@ pub fn inspect(name: &str) -> Result<QueueInfo, Error> {
         recoveries: c.recoveries.load(Relaxed),
         orphaned: c.orphaned.load(Relaxed),
         dropped: c.dropped.load(Relaxed),
+        dead_letters: c.dead_letters.load(Relaxed),
         discarded: c.discarded.load(Relaxed),
         participants,
     })

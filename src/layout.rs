@@ -42,8 +42,9 @@ use crate::sync::{AtomicU32, AtomicU64, UnsafeCell};
 
 /// `"SHMQueue"` in little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQueue");
-/// Bumped on any change to this file's layout or word packing.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Bumped on any change to this file's layout or word packing (2: `max_deliveries`,
+/// `dead_letters`, the slot's storage `kind` and delivery count, the ORPHAN word's count).
+pub const LAYOUT_VERSION: u32 = 2;
 /// The value of `Control::init` once the header is complete.
 pub const INIT_READY: u32 = 0x5944_4552; // "REDY"
 
@@ -58,6 +59,15 @@ pub const MAX_SLOTS: u32 = (1 << 22) - 1;
 pub const MAX_PARTICIPANTS: u32 = 1024;
 /// `u64` words in each waiter bitmap.
 pub const BITMAP_WORDS: usize = (MAX_PARTICIPANTS as usize) / 64;
+
+/// `SlotRec::kind`: the payload is in the slot record's inline bytes.
+pub const KIND_INLINE: u64 = 0;
+/// `SlotRec::kind`: the payload is at offset 0 of the slot's segment object.
+pub const KIND_SEGMENT: u64 = 1;
+/// Largest `max_deliveries` (the count rides in the 16-bit owner field of an ORPHAN word).
+pub const MAX_DELIVERIES: u32 = 0xFFFE;
+/// The default `max_deliveries`.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 10;
 
 /// `Control::flags` bit: at-most-once delivery (held messages of a dead consumer are
 /// dropped instead of redelivered).
@@ -97,8 +107,10 @@ pub struct Control {
     pub inline_bytes: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// Reserved, zero.
-    pub reserved0: u32,
+    /// Deliveries a message may have: one whose consumer dies (or hands it back) holding
+    /// it for the `max_deliveries`-th time is set aside instead of redelivered
+    /// (1..=[`MAX_DELIVERIES`]).
+    pub max_deliveries: u32,
     /// Largest message in bytes.
     pub max_message_size: u64,
     /// Bound on the bytes of all payload segments together.
@@ -156,8 +168,10 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Unsent loans of dead producers that were freed.
     pub discarded: AtomicU64,
+    /// Messages set aside (discarded) after `max_deliveries` deliveries.
+    pub dead_letters: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [AtomicU64; 9],
+    pub reserved: [AtomicU64; 8],
 }
 
 /// One participant (a `Sender`, a `Receiver`, or a process's monitor for a queue).
@@ -203,8 +217,14 @@ pub struct SlotRec {
     pub seg_size: AtomicU64,
     /// Bumped whenever the segment object is recreated or resized.
     pub epoch: AtomicU64,
-    /// Reserved, zero.
-    pub reserved: [AtomicU64; 2],
+    /// Where the payload lives: [`KIND_INLINE`] or [`KIND_SEGMENT`] (owner-written with
+    /// `len`, published by the ring commit). Never derived from `len`, which
+    /// `Loan::truncate` may lower below the inline limit after the storage was chosen.
+    pub kind: AtomicU64,
+    /// How many times the message in this slot has been delivered, counting the
+    /// delivery of its current holder (written by the producer as 1 before the commit,
+    /// and by each consumer that claims it from ORPHAN; owner-only while HELD).
+    pub deliveries: AtomicU64,
     /// Inline payload bytes (64-byte aligned within the mapping).
     pub inline: UnsafeCell<[u8; INLINE_BYTES]>,
 }
@@ -218,7 +238,8 @@ impl Default for SlotRec {
             sender: AtomicU64::new(0),
             seg_size: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
-            reserved: Default::default(),
+            kind: AtomicU64::new(KIND_INLINE),
+            deliveries: AtomicU64::new(0),
             inline: UnsafeCell::new([0; INLINE_BYTES]),
         }
     }
@@ -387,6 +408,18 @@ pub fn slot_state(w: u64) -> Option<SlotState> {
 pub fn slot_owner(w: u64) -> u16 {
     w as u16
 }
+/// `ORPHAN(gen, n)`: a message of generation `gen` delivered `n` times, waiting for
+/// redelivery. The count rides in the owner field (an ORPHAN slot has no owner), so the
+/// hand-back and the count are one CAS.
+#[inline]
+pub fn slot_orphan(gen: u64, n: u64) -> u64 {
+    slot_word(gen, SlotState::Orphan, n.min(MAX_DELIVERIES as u64) as u16)
+}
+/// The delivery count of an `ORPHAN` word.
+#[inline]
+pub fn orphan_count(w: u64) -> u64 {
+    slot_owner(w) as u64
+}
 /// The FREE word that follows `w` (next generation).
 #[inline]
 pub fn slot_freed(w: u64) -> u64 {
@@ -482,6 +515,8 @@ pub struct Shared<'a> {
     pub cap: u64,
     /// Whether held messages of dead consumers are dropped rather than redelivered.
     pub at_most_once: bool,
+    /// Deliveries a message may have before it is set aside (≥ 1).
+    pub max_deliveries: u64,
 }
 
 impl Shared<'_> {
@@ -504,6 +539,7 @@ pub struct HeapQueue {
     cells: Vec<AtomicU64>,
     slots: Vec<SlotRec>,
     at_most_once: bool,
+    max_deliveries: u64,
 }
 
 impl HeapQueue {
@@ -521,6 +557,7 @@ impl HeapQueue {
                 .collect(),
             slots: (0..slot_count).map(|_| SlotRec::default()).collect(),
             at_most_once,
+            max_deliveries: DEFAULT_MAX_DELIVERIES as u64,
         };
         let c = &mut *q.ctl;
         c.magic = MAGIC;
@@ -530,11 +567,20 @@ impl HeapQueue {
         c.max_participants = g.max_participants;
         c.inline_bytes = INLINE_BYTES as u32;
         c.flags = if at_most_once { FLAG_AT_MOST_ONCE } else { 0 };
+        c.max_deliveries = DEFAULT_MAX_DELIVERIES;
         c.total_size = g.total_size;
         c.parts_off = g.parts_off;
         c.cells_off = g.cells_off;
         c.slots_off = g.slots_off;
         q
+    }
+
+    /// The same tables with another delivery limit (1..=[`MAX_DELIVERIES`]).
+    pub fn with_max_deliveries(mut self, n: u32) -> Self {
+        assert!((1..=MAX_DELIVERIES).contains(&n));
+        self.max_deliveries = n as u64;
+        self.ctl.max_deliveries = n;
+        self
     }
 
     /// The view the algorithms take.
@@ -546,6 +592,7 @@ impl HeapQueue {
             slots: &self.slots,
             cap: self.cells.len() as u64,
             at_most_once: self.at_most_once,
+            max_deliveries: self.max_deliveries,
         }
     }
 }
@@ -588,6 +635,13 @@ mod tests {
         assert_eq!(slot_gen(f), 100);
         assert_eq!(slot_state(f), Some(SlotState::Free));
         assert_eq!(slot_state(0xF << 16), None);
+        let o = slot_orphan(99, 3);
+        assert_eq!(slot_state(o), Some(SlotState::Orphan));
+        assert_eq!((slot_gen(o), orphan_count(o)), (99, 3));
+        assert_eq!(
+            orphan_count(slot_orphan(1, u64::MAX)),
+            MAX_DELIVERIES as u64
+        );
     }
 
     #[test]

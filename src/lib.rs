@@ -78,6 +78,8 @@ model_visible! {
 mod error;
 pub mod fault;
 #[cfg(not(shmq_loom))]
+mod fork;
+#[cfg(not(shmq_loom))]
 mod handles;
 #[cfg(not(shmq_loom))]
 pub mod info;
@@ -158,6 +160,7 @@ impl Builder {
                 max_message_size: 1 << 30,
                 max_payload_bytes: 4 << 30,
                 delivery: Delivery::AtLeastOnce,
+                max_deliveries: layout::DEFAULT_MAX_DELIVERIES,
             },
             supervision: Supervision::Thread,
         }
@@ -215,6 +218,18 @@ impl Builder {
     /// What happens to messages held by a consumer that dies.
     pub fn delivery(mut self, d: Delivery) -> Self {
         self.create.delivery = d;
+        self
+    }
+
+    /// How many times a message may be delivered (under [`Delivery::AtLeastOnce`]) before
+    /// it is set aside: a message whose consumer died holding it for the `n`-th time is
+    /// discarded and counted (`dead_letters` in [`QueueInfo`](crate::QueueInfo) and `shmq
+    /// inspect`) instead of being redelivered, so a payload that crashes every consumer
+    /// that takes it cannot stop the queue. [`Message::delivery_count`] tells a consumer
+    /// which delivery it holds. Between 1 (never redeliver; like at-most-once for crashed
+    /// consumers) and 65534; default 10.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.create.max_deliveries = n;
         self
     }
 

@@ -199,18 +199,30 @@ pub fn is_locked(probe: &File, byte: u64) -> io::Result<bool> {
 // Process identity
 
 /// This process's id, start time and pid namespace.
-pub fn my_identity() -> crate::roster::Identity {
+///
+/// # Errors
+/// Whatever stops us from reading `/proc/self` (out of descriptors, memory, …): a record
+/// registered without its owner's start time could later be judged dead by mistake, so
+/// registration fails instead. A system without pid namespaces gives namespace 0
+/// ("unknown": nobody judges such a record by its pid).
+pub fn my_identity() -> io::Result<crate::roster::Identity> {
     let pid = std::process::id();
-    crate::roster::Identity {
+    let st = proc_stat(pid)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    let pid_ns = match pid_namespace() {
+        Ok(ns) => ns,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    Ok(crate::roster::Identity {
         pid,
-        start_time: proc_stat(pid).map_or(0, |s| s.start_time),
-        pid_ns: pid_namespace(),
-    }
+        start_time: st.start_time,
+        pid_ns,
+    })
 }
 
-/// The inode of our pid namespace, 0 if unknown.
-pub fn pid_namespace() -> u64 {
-    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+/// The inode of our pid namespace.
+pub fn pid_namespace() -> io::Result<u64> {
+    std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino())
 }
 
 /// What `/proc/<pid>/stat` says of a process.
@@ -218,37 +230,82 @@ pub fn pid_namespace() -> u64 {
 pub struct ProcStat {
     /// Field 3: `R`, `S`, `Z`, …
     pub state: u8,
+    /// Field 9: the kernel's `PF_*` flags.
+    pub flags: u64,
     /// Field 22: start time in clock ticks since boot.
     pub start_time: u64,
 }
 
-/// Reads `/proc/<pid>/stat`; `None` if there is no such process.
-pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// `PF_EXITING` in [`ProcStat::flags`]: the process is in `exit()` (set first thing;
+/// its descriptors, and so its locks, are released a moment later).
+pub const PF_EXITING: u64 = 0x4;
+
+impl ProcStat {
+    /// Whether the process is on its way out: exiting, a zombie, or dead.
+    pub fn exiting(&self) -> bool {
+        self.flags & PF_EXITING != 0 || self.state == b'Z' || self.state == b'X'
+    }
+}
+
+/// Whether an error reading `/proc/<pid>/…` says the process (or task) does not exist:
+/// the only answer that is evidence of death. Anything else (EMFILE, ENFILE, ENOMEM,
+/// EACCES, EINTR, …) says nothing about the process.
+fn no_such_process(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Reads `/proc/<pid>/stat`: `Ok(None)` only if there is no such process.
+///
+/// # Errors
+/// Any other failure to read or parse it: the caller cannot tell, and must not take that
+/// for "gone".
+pub fn proc_stat(pid: u32) -> io::Result<Option<ProcStat>> {
+    let s = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if no_such_process(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat");
     // The command name (field 2) is in parentheses and may hold anything: parse after the
     // last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    let mut f = rest.split_ascii_whitespace();
-    let state = f.next()?.bytes().next()?;
-    // Fields 4..=21 come next; field 22 is the 19th after the state.
-    let start_time = f.nth(18)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    let rest = &s[s.rfind(')').ok_or_else(bad)? + 1..];
+    // Field 3 (the state) is the first token after it, field n the (n - 3)th.
+    let f: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
+    let state = f.first().and_then(|x| x.bytes().next()).ok_or_else(bad)?;
+    let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).ok_or_else(bad);
+    Ok(Some(ProcStat {
+        state,
+        flags: num(9 - 3)?,
+        start_time: num(22 - 3)?,
+    }))
 }
 
 /// Threads of process `pid` that are not zombies (0 if it is gone).
-pub fn live_tasks(pid: u32) -> usize {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+///
+/// # Errors
+/// As [`proc_stat`]: any failure other than "no such process/task".
+pub fn live_tasks(pid: u32) -> io::Result<usize> {
+    let rd = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(rd) => rd,
+        Err(e) if no_such_process(&e) => return Ok(0),
+        Err(e) => return Err(e),
     };
-    rd.flatten()
-        .filter(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].trim_start().bytes().next());
-            !matches!(state, None | Some(b'Z') | Some(b'X'))
-        })
-        .count()
+    let mut n = 0;
+    for e in rd {
+        let e = e?;
+        let stat = match std::fs::read_to_string(e.path().join("stat")) {
+            Ok(s) => s,
+            Err(e) if no_such_process(&e) => continue, // that task is gone
+            Err(e) => return Err(e),
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().bytes().next());
+        if !matches!(state, None | Some(b'Z') | Some(b'X')) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Opens a pidfd for `pid` (Linux ≥ 5.3); `None` if unsupported or gone.

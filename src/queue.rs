@@ -18,6 +18,7 @@
 //!   (or a new inode) and reports `NotFound`.
 
 use crate::error::{Error, ErrorKind};
+use crate::fork::LockFile;
 use crate::layout::{
     self, part_gen, part_role, Control, Geometry, PartRec, Role, Shared, SlotRec, BITMAP_WORDS,
     INIT_READY, INLINE_BYTES, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MAX_PARTICIPANTS, MAX_SLOTS,
@@ -65,6 +66,7 @@ pub(crate) struct CreateOptions {
     pub max_message_size: u64,
     pub max_payload_bytes: u64,
     pub delivery: Delivery,
+    pub max_deliveries: u32,
 }
 
 /// Dimensions read once at attach, validated, and never re-read from shared memory.
@@ -74,6 +76,7 @@ pub(crate) struct Dims {
     pub max_message_size: u64,
     pub max_payload_bytes: u64,
     pub at_most_once: bool,
+    pub max_deliveries: u64,
     pub bitmap_words: usize,
 }
 
@@ -82,7 +85,7 @@ pub(crate) struct Dims {
 pub(crate) struct Reg {
     pub idx: u16,
     pub word: u64,
-    _lock: File,
+    _lock: LockFile,
 }
 
 /// One process's attachment to one queue.
@@ -90,7 +93,10 @@ pub(crate) struct Queue {
     pub name: String,
     map: os::Mapping,
     /// Holds the shared lifecycle lock; used to probe other participants' locks.
-    probe: File,
+    probe: LockFile,
+    /// The fork epoch of the process that attached (`fork.rs`): in a forked child this
+    /// attachment is foreign, and nothing of it may change shared memory.
+    epoch: u64,
     pub(crate) ino: u64,
     pub dims: Dims,
     pub segs: Segments,
@@ -110,6 +116,10 @@ pub(crate) struct Queue {
     abandoned: std::sync::atomic::AtomicBool,
     /// Operations of this process's handles under way (see `enter`).
     ops: std::sync::atomic::AtomicUsize,
+    /// Held while this process runs recovery on this queue (`supervisor::recover_one`):
+    /// the lease admits its holder again and every runner of a process shares one lease
+    /// word, so this is what keeps two threads of one process from repairing at once.
+    pub(crate) recovering: Mutex<()>,
 }
 
 /// A counted use of a process's attachment (held by every participant and by a
@@ -156,7 +166,12 @@ impl Drop for User {
 
 static REGISTRY: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The registry lock, for the fork prepare handler (`fork.rs`).
+pub(crate) fn lock_registry() -> std::sync::MutexGuard<'static, Vec<Weak<Queue>>> {
+    lock(&REGISTRY)
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -212,6 +227,13 @@ impl Queue {
                 o.max_participants
             ));
         }
+        if o.max_deliveries == 0 || o.max_deliveries > layout::MAX_DELIVERIES {
+            return bad(format!(
+                "max_deliveries must be between 1 and {}, not {}",
+                layout::MAX_DELIVERIES,
+                o.max_deliveries
+            ));
+        }
         if o.max_payload_bytes < o.max_message_size {
             return bad(format!(
                 "max_payload_bytes ({}) must be at least max_message_size ({})",
@@ -225,7 +247,7 @@ impl Queue {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let file = os::create_new(&tmp)
+        let file = LockFile::open(|| os::create_new(&tmp))
             .map_err(|e| Error::io("cannot create a shared-memory object in /dev/shm", e))?;
         // Removes the temporary name however we leave.
         struct Tmp(std::path::PathBuf);
@@ -281,7 +303,7 @@ impl Queue {
         };
         let not_found = || Error::io(msg(), std::io::Error::from(std::io::ErrorKind::NotFound));
         for _attempt in 0..50 {
-            let file = match os::open_rw(&path) {
+            let file = match LockFile::open(|| os::open_rw(&path)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(Error::io(msg(), e))
@@ -335,7 +357,7 @@ impl Queue {
     fn finish_attach(
         name: String,
         map: os::Mapping,
-        probe: File,
+        probe: LockFile,
         ino: u64,
         dims: Dims,
         supervision: Supervision,
@@ -345,6 +367,7 @@ impl Queue {
             name,
             map,
             probe,
+            epoch: crate::fork::epoch(),
             ino,
             dims,
             futex: OsFutex,
@@ -356,6 +379,7 @@ impl Queue {
             detached: std::sync::atomic::AtomicBool::new(false),
             abandoned: std::sync::atomic::AtomicBool::new(false),
             ops: std::sync::atomic::AtomicUsize::new(0),
+            recovering: Mutex::new(()),
         });
         let q = User(q);
         let mon = q.register(Role::Monitor)?;
@@ -376,11 +400,18 @@ impl Queue {
             .map(|m| layout::lease_word(m.idx, part_gen(m.word)))
     }
 
-    /// Whether participant `i`, whose record word was `w`, is dead: its lock byte is free
-    /// while the record still holds `w`, or its recorded process is gone (same pid
-    /// namespace only) although some other process holds the lock (a forked child that
-    /// inherited the descriptor: handles are not fork-safe).
+    /// Whether participant `i`, whose record word was `w`, is dead. Only positive evidence
+    /// counts: its lock byte is free while the record still holds `w`, or its recorded
+    /// process is gone (`/proc` says no such pid, or the pid belongs to a process with
+    /// another start time, or to a zombie with no live thread; same pid namespace only)
+    /// although some other process holds the lock (a forked child that inherited the
+    /// descriptor before it was closed, see `fork.rs`). Any failure to look (EMFILE,
+    /// ENFILE, ENOMEM, EACCES, EINTR, …) means alive: a live participant judged dead would
+    /// have its messages redelivered while it reads them and its loans freed under it.
     pub fn is_dead(&self, i: u16, w: u64) -> bool {
+        if self.foreign() {
+            return false; // our probe is /dev/null in a forked child (`fork.rs`)
+        }
         let q = self.shared();
         let rec = &q.parts[i as usize];
         match os::is_locked(&self.probe, os::part_lock_byte(i)) {
@@ -389,18 +420,23 @@ impl Queue {
             Err(_) => return false, // cannot tell: never judge dead on doubt
         }
         let ns = rec.pid_ns.load(Ordering::Relaxed);
-        if ns == 0 || ns != os::pid_namespace() {
+        if ns == 0 || !matches!(os::pid_namespace(), Ok(mine) if mine == ns) {
             return false;
         }
         let pid = rec.pid.load(Ordering::Relaxed);
         let start = rec.start_time.load(Ordering::Relaxed);
+        if start == 0 {
+            return false; // recorded without a start time: the pid alone proves nothing
+        }
         // A zombie *leader* is not a dead process while other threads of it run (the
         // leader shows `Z` as soon as the main thread exits): count its live tasks.
         let gone = match os::proc_stat(pid) {
-            None => true,
-            Some(st) if st.start_time != start => true,
-            Some(st) if st.state == b'Z' || st.state == b'X' => os::live_tasks(pid) == 0,
-            Some(_) => false,
+            Ok(None) => true,
+            Ok(Some(st)) if st.start_time != start => true,
+            Ok(Some(st)) if st.state == b'Z' || st.state == b'X' => {
+                matches!(os::live_tasks(pid), Ok(0))
+            }
+            Ok(Some(_)) | Err(_) => false,
         };
         gone && rec.state.load(Ordering::Acquire) == w
     }
@@ -420,13 +456,18 @@ impl Queue {
     /// Takes a participant record for `role`.
     pub fn register(&self, role: Role) -> Result<Reg, Error> {
         let q = self.shared();
-        let id = os::my_identity();
+        let id = os::my_identity().map_err(|e| {
+            Error::io(
+                "cannot read this process's identity in /proc (needed to register)",
+                e,
+            )
+        })?;
         let parts = self.dims.geometry.max_participants as u16;
         for round in 0..20 {
             for i in 0..parts {
                 // A description of our own for this record's lock: reopen the very file
                 // we mapped (not the path, which may name a newer queue by now).
-                let fd = os::reopen(&self.probe)
+                let fd = LockFile::open(|| os::reopen(&self.probe))
                     .map_err(|e| Error::io("cannot reopen the queue header", e))?;
                 let byte = os::part_lock_byte(i);
                 if !os::try_lock(&fd, byte, libc::F_WRLCK as libc::c_short)
@@ -475,6 +516,9 @@ impl Queue {
     /// Leaves cleanly: frees whatever the record still owns, clears its waiter bits,
     /// releases the record, and wakes everyone so they re-check disconnection.
     pub fn leave(&self, reg: Reg) {
+        if self.foreign() {
+            return; // the parent's record (`fork.rs`); dropping `reg` closes our copy
+        }
         let q = self.shared();
         crate::recovery::recover(&q, reg.idx, reg.word, false);
         crate::wait::bump(&self.futex, &q.ctl.not_empty);
@@ -498,6 +542,13 @@ impl Queue {
         (tx, rx)
     }
 
+    /// Whether this attachment was inherited from an ancestor process by `fork`
+    /// (`fork.rs`): then it must not change shared memory.
+    #[inline]
+    pub fn foreign(&self) -> bool {
+        self.epoch != crate::fork::epoch()
+    }
+
     /// A starting point for slot scans.
     pub fn next_cursor(&self) -> usize {
         self.cursor.fetch_add(1, LocalOrdering::Relaxed) as usize
@@ -519,46 +570,108 @@ impl Queue {
     /// process is attached (our shared lifecycle lock upgrades to exclusive), unlinks the
     /// header and every segment object. Idempotent.
     fn detach(&self) {
+        if self.foreign() {
+            return; // the parent's: a forked child forgets it (`fork.rs`)
+        }
         let Some(mon) = lock(&self.monitor).take() else {
             return;
         };
         self.leave(mon);
         self.segs.clear();
         // Upgrade our shared lifecycle lock to exclusive: that succeeds only if no other
-        // process is attached. If it fails, drop our lock altogether and try once more:
-        // when several processes leave at once, each first fails to upgrade (the others
-        // still hold theirs), but whoever releases last then gets the exclusive lock, so
-        // the last one out always unlinks. A newcomer that attached meanwhile holds a
-        // shared lock and makes both attempts fail, as it should.
-        let (wr, un) = (
-            libc::F_WRLCK as libc::c_short,
-            libc::F_UNLCK as libc::c_short,
-        );
-        let last = match os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr) {
-            Ok(true) => true,
-            _ => {
-                let _ = os::try_lock(&self.probe, os::LIFECYCLE_BYTE, un);
-                matches!(os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr), Ok(true))
-            }
-        };
-        if last {
+        // process holds the lock (see `wait_until_last`).
+        if self.wait_until_last(Duration::from_secs(5)) {
             destroy_objects(&self.name, self.ino);
         }
-        let _ = os::try_lock(&self.probe, os::LIFECYCLE_BYTE, un);
+        let _ = os::try_lock(
+            &self.probe,
+            os::LIFECYCLE_BYTE,
+            libc::F_UNLCK as libc::c_short,
+        );
     }
 }
 
 impl Queue {
+    /// Whether this process is the last one attached: takes the lifecycle lock
+    /// exclusively (and keeps it; the caller unlinks, then unlocks).
+    ///
+    /// The exclusive lock is granted only once no other process holds its shared one. If
+    /// the first attempt fails, we drop our own shared lock (so that when several
+    /// processes leave at once, whoever tries last after all have dropped theirs wins) and
+    /// keep trying, every millisecond, for as long as every other participant record
+    /// belongs to a process on its way out, up to `limit`. Why wait at all: a process
+    /// killed an instant ago releases its descriptors, and so its locks, only at the end
+    /// of its exit (after its mappings, which can take a while), and its records may
+    /// already be recovered; a last process that gave up at once would leave the queue in
+    /// `/dev/shm` for good. A live peer's record (or a newcomer's) ends the wait at once:
+    /// then the queue is not ours to remove. Evidence of "on its way out" is positive:
+    /// `/proc` says the process is exiting (`PF_EXITING`), a zombie, or gone; a record of
+    /// another pid namespace, or one we cannot check, counts as live.
+    fn wait_until_last(&self, limit: Duration) -> bool {
+        let (wr, un) = (
+            libc::F_WRLCK as libc::c_short,
+            libc::F_UNLCK as libc::c_short,
+        );
+        if matches!(os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr), Ok(true)) {
+            return true;
+        }
+        let _ = os::try_lock(&self.probe, os::LIFECYCLE_BYTE, un);
+        let t0 = std::time::Instant::now();
+        loop {
+            if matches!(os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr), Ok(true)) {
+                return true;
+            }
+            let still_ours = matches!(
+                std::fs::metadata(os::header_path(&self.name)),
+                Ok(m) if m.ino() == self.ino
+            );
+            if !still_ours || t0.elapsed() >= limit || !self.only_leavers_remain() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether every participant record of another process belongs to a process that is
+    /// exiting or gone (see [`wait_until_last`](Self::wait_until_last)).
+    fn only_leavers_remain(&self) -> bool {
+        let q = self.shared();
+        let me = std::process::id();
+        let my_ns = os::pid_namespace().ok();
+        q.parts.iter().all(|rec| {
+            if part_role(rec.state.load(Ordering::Acquire)).is_none() {
+                return true;
+            }
+            let ns = rec.pid_ns.load(Ordering::Relaxed);
+            if ns == 0 || Some(ns) != my_ns {
+                return false;
+            }
+            let pid = rec.pid.load(Ordering::Relaxed);
+            if pid == me {
+                return true; // our own (an abandoning process keeps its records)
+            }
+            match os::proc_stat(pid) {
+                Ok(None) => true,
+                Ok(Some(st)) if st.start_time != rec.start_time.load(Ordering::Relaxed) => true,
+                // A zombie leader whose other threads still run is alive.
+                Ok(Some(st)) if st.state == b'Z' => matches!(os::live_tasks(pid), Ok(0)),
+                Ok(Some(st)) => st.exiting(),
+                Err(_) => false,
+            }
+        })
+    }
+
     /// Leaves the queue on the way out of the process (`shutdown::release_all`): from
     /// now on every operation of this process's handles fails with `Disconnected`;
-    /// operations already under way finish (a send that commits is delivered); then the
-    /// messages this process holds are handed back (redelivered, or dropped under
-    /// at-most-once) and, if no other process is attached, the queue is unlinked.
+    /// operations already under way finish (a send that commits is delivered); then, if
+    /// no other process is attached, the queue is unlinked.
     ///
-    /// The records themselves stay ACTIVE, and loans stay LOANED, until the process
-    /// exits and the others' supervisors recover it: another thread of ours may still
-    /// be writing into a loan, and freeing its slot under it would let that write land
-    /// in someone else's message.
+    /// The records themselves stay ACTIVE, loans LOANED and held messages HELD until the
+    /// process exits and the others' supervisors recover it: another thread of ours may
+    /// still be writing into a loan or reading a `Message`, and handing its slot on
+    /// under it would let that write land in someone else's message, or let the next
+    /// producer overwrite bytes behind a live `&[u8]`. (Until 2c7ff0e this handed held
+    /// messages back at once, including those another thread was still reading.)
     pub fn abandon(&self) {
         use std::sync::atomic::Ordering::SeqCst;
         self.abandoned.store(true, SeqCst);
@@ -570,25 +683,16 @@ impl Queue {
         while self.ops.load(SeqCst) != 0 && t0.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_micros(100));
         }
-        let me = os::my_identity();
-        for (i, rec) in s.parts.iter().enumerate() {
-            let mine = rec.pid.load(Ordering::Relaxed) == me.pid
-                && rec.start_time.load(Ordering::Relaxed) == me.start_time
-                && rec.pid_ns.load(Ordering::Relaxed) == me.pid_ns;
-            if mine && part_role(rec.state.load(Ordering::Acquire)).is_some() {
-                crate::recovery::return_held(&s, i as u16);
-            }
-        }
         crate::wait::bump(&self.futex, &s.ctl.not_empty);
         crate::wait::bump(&self.futex, &s.ctl.not_full);
-        let (wr, un) = (
-            libc::F_WRLCK as libc::c_short,
-            libc::F_UNLCK as libc::c_short,
-        );
-        if matches!(os::try_lock(&self.probe, os::LIFECYCLE_BYTE, wr), Ok(true)) {
+        if self.wait_until_last(Duration::from_secs(1)) {
             destroy_objects(&self.name, self.ino);
         }
-        let _ = os::try_lock(&self.probe, os::LIFECYCLE_BYTE, un);
+        let _ = os::try_lock(
+            &self.probe,
+            os::LIFECYCLE_BYTE,
+            libc::F_UNLCK as libc::c_short,
+        );
     }
 
     /// Marks the start of an operation on shared memory by a handle of this process;
@@ -630,10 +734,9 @@ fn destroy_objects(name: &str, ino: u64) {
 
 fn find_attached(name: &str, ino: u64) -> Option<User> {
     let g = lock(&REGISTRY);
-    let q = g
-        .iter()
-        .filter_map(Weak::upgrade)
-        .find(|q| q.name == name && q.ino == ino && !q.detached.load(LocalOrdering::Relaxed))?;
+    let q = g.iter().filter_map(Weak::upgrade).find(|q| {
+        q.name == name && q.ino == ino && !q.detached.load(LocalOrdering::Relaxed) && !q.foreign()
+    })?;
     q.users.fetch_add(1, LocalOrdering::Relaxed);
     Some(User(q))
 }
@@ -643,7 +746,7 @@ pub(crate) fn attached() -> Vec<Arc<Queue>> {
     lock(&REGISTRY)
         .iter()
         .filter_map(Weak::upgrade)
-        .filter(|q| !q.detached.load(LocalOrdering::Relaxed))
+        .filter(|q| !q.detached.load(LocalOrdering::Relaxed) && !q.foreign())
         .collect()
 }
 
@@ -682,6 +785,7 @@ pub(crate) fn view<'a>(map: &'a os::Mapping, dims: &Dims) -> Shared<'a> {
             ),
             cap: g.capacity as u64,
             at_most_once: dims.at_most_once,
+            max_deliveries: dims.max_deliveries,
         }
     }
 }
@@ -731,6 +835,7 @@ fn init_header(map: &os::Mapping, g: &Geometry, o: &CreateOptions) {
             Delivery::AtMostOnce => layout::FLAG_AT_MOST_ONCE,
             Delivery::AtLeastOnce => 0,
         };
+        c.max_deliveries = o.max_deliveries;
         c.max_message_size = o.max_message_size;
         c.max_payload_bytes = o.max_payload_bytes;
         c.total_size = g.total_size;
@@ -810,11 +915,18 @@ pub(crate) fn validate(map: &os::Mapping, len: u64) -> Result<Dims, Error> {
     if c.max_message_size == 0 || c.max_payload_bytes < c.max_message_size {
         return Err(Error::corrupt("queue header has impossible size limits"));
     }
+    if c.max_deliveries == 0 || c.max_deliveries > layout::MAX_DELIVERIES {
+        return Err(Error::corrupt(format!(
+            "queue header has an impossible max_deliveries ({})",
+            c.max_deliveries
+        )));
+    }
     Ok(Dims {
         geometry: g,
         max_message_size: c.max_message_size,
         max_payload_bytes: c.max_payload_bytes,
         at_most_once: c.flags & layout::FLAG_AT_MOST_ONCE != 0,
+        max_deliveries: c.max_deliveries as u64,
         bitmap_words: (parts as usize).div_ceil(64),
     })
 }

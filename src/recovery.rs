@@ -14,9 +14,12 @@
 //!     LOANED(g, d):
 //!       p = pos[s]; if word[s] != w: skip (claimed, acked, re-loaned since)
 //!       if p != NONE and cell[i(p)] == F(l(p), s): leave it                      (V1a)
-//!       else: CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)                            (V1b)
-//!     HELD(g, d), at-least-once: CAS w -> ORPHAN(g); orphans += 1               (V2a)
-//!     HELD(g, d), at-most-once:  CAS pos[s]: p -> NONE; CAS w -> FREE(g+1)         (V2b)
+//!       else: slots::free: K1 (pos by CAS from the value read, only while the
+//!             word is still w); CAS w -> FREE(g+1)                               (V1b)
+//!     HELD(g, d): slots::give_up, n = deliveries[s]:
+//!       at-least-once, n < max_deliveries: CAS w -> ORPHAN(g, n); orphans += 1  (V2a)
+//!       at-most-once:   K1; CAS w -> FREE(g+1)                                   (V2b)
+//!       n >= max_deliveries: K1; CAS w -> FREE(g+1); dead_letters += 1           (V2c)
 //!   clear d's bits in both waiter bitmaps; ack_waiting[d] = 0                    (V3)
 //!   CAS state[d]: a -> FREE(gen(a)+1); roster_epoch += 1                          (V4)
 //!   bump not_empty and not_full (the caller issues the futex wakes)             (V5)
@@ -29,6 +32,7 @@
 //! | producer killed after the commit | LOANED(d), cell holds it | V1a leaves it: it is delivered |
 //! | consumer killed after its claim (R3), before or after clearing the cell | HELD(d); maybe a stale `F` cell | V2a: ORPHAN → redelivered (or V2b: dropped); helpers clear the cell |
 //! | consumer killed mid-ack (after K1) | HELD(d), `pos` NONE | V2a/V2b as above |
+//! | consumer killed holding a message for the `max_deliveries`-th time (a poison message that kills every consumer) | HELD(d) | V2c sets it aside: freed and counted, not redelivered |
 //! | anyone killed while asleep or about to sleep | its waiter bits set | V3, so nobody pays a wake-up syscall for it forever |
 //! | anyone | an ACTIVE record, counted as a live peer | V4 (so `Disconnected` can be seen) |
 //! | recovery itself killed after any step | a prefix of the above done | the next lease holder reruns it: each step is a CAS from the word it reads, or a store of a value that is already right |
@@ -42,6 +46,18 @@
 //! consumer claims `s`, which changes the word and makes V1b's final CAS fail, so "leave
 //! it" and "free it" are each right at the moment the CAS decides.
 //!
+//! **One runner at a time, and safe if two run anyway.** Runners are serialised per queue:
+//! across processes by the lease (`roster.rs`), within a process by a process-local lock
+//! (`Queue::recovering`, because every runner of one process shares its lease word). Each
+//! step is still written to be right if two runners repair the same participant at once
+//! (a runner whose lease was stolen because it was wrongly judged dead, a rerun racing a
+//! late first run): every `pos` reset goes through `slots::reset_pos`, which re-reads the
+//! slot word after `pos` and resets by CAS from the value read. The old V2b read `pos` and
+//! reset it without the re-read: runner A freed the slot, a producer loaned it and stored
+//! its `pos`, and runner B, which had read the dead consumer's HELD word, wiped that `pos`;
+//! the producer's committed message was then cleared as stale. The loom model of two
+//! runners beside a live producer fails that way under `Mutation::NoPosRecheck`.
+//!
 //! V2a raises the `orphans` hint *after* the slot becomes ORPHAN. In the other order a
 //! receiver could read the raised hint, scan before the slot changes, find nothing and
 //! reset the hint to 0 (`slots::claim_orphan`), stranding the message. In this order a
@@ -49,9 +65,8 @@
 //! recovery killed between the two leaves an ORPHAN slot with the hint too low; every
 //! repair pass recounts ORPHAN slots and raises the hint to match ([`heal_orphan_hint`]).
 
-use crate::layout::{
-    cell_full, part_role, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState, POS_NONE,
-};
+use crate::layout::{part_role, slot_owner, slot_state, Shared, SlotState};
+use crate::slots::GaveUp;
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// What a recovery run did.
@@ -65,6 +80,8 @@ pub struct Report {
     pub orphaned: u64,
     /// Held messages dropped (V2b).
     pub dropped: u64,
+    /// Held messages set aside after `max_deliveries` deliveries (V2c).
+    pub set_aside: u64,
     /// Whether this run released the record (V4): false if a previous run had.
     pub released: bool,
 }
@@ -87,6 +104,7 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
         if slot_owner(w) != d {
             continue;
         }
+        let s = s as u32;
         match slot_state(w) {
             Some(SlotState::Loaned) => {
                 // Read pos, then make sure the slot is still the dead one's: a consumer
@@ -97,46 +115,23 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
                 if rec.word.load(Acquire) != w {
                     continue;
                 }
-                let committed = p != POS_NONE
-                    && q.cells[q.idx(p)].load(Acquire) == cell_full(q.lap(p), s as u32);
-                if committed {
+                if crate::ring::holds(q, p, s) {
                     r.kept += 1; // V1a
                     continue;
                 }
-                // V1b: uncommitted and its producer dead, so nobody else can touch it now;
-                // pos by CAS from `p` all the same, so a rerun never clobbers a later pos.
-                let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
-                if rec
-                    .word
-                    .compare_exchange(w, crate::layout::slot_freed(w), AcqRel, Relaxed)
-                    .is_ok()
-                {
+                // V1b: uncommitted and its producer dead. `free` re-reads pos and the
+                // word again and resets pos by CAS only while the slot is still `w`, so
+                // a second runner (or a rerun) never clobbers a later owner's pos.
+                if crate::slots::free(q, s, w) {
                     r.discarded += 1;
                 }
             }
-            Some(SlotState::Held) if !q.at_most_once => {
-                // V2a: the slot first, then the hint (see the module doc).
-                let orphan = slot_word(slot_gen(w), SlotState::Orphan, crate::layout::OWNER_NONE);
-                if rec
-                    .word
-                    .compare_exchange(w, orphan, AcqRel, Relaxed)
-                    .is_ok()
-                {
-                    q.ctl.counters.orphans.fetch_add(1, AcqRel);
-                    r.orphaned += 1;
-                }
-            }
-            Some(SlotState::Held) => {
-                let p = rec.pos.load(Acquire); // V2b
-                let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
-                if rec
-                    .word
-                    .compare_exchange(w, crate::layout::slot_freed(w), AcqRel, Relaxed)
-                    .is_ok()
-                {
-                    r.dropped += 1;
-                }
-            }
+            Some(SlotState::Held) => match crate::slots::give_up(q, s, w, true) {
+                GaveUp::Orphaned => r.orphaned += 1,  // V2a
+                GaveUp::Dropped => r.dropped += 1,    // V2b
+                GaveUp::SetAside => r.set_aside += 1, // V2c
+                GaveUp::Gone => {}
+            },
             _ => continue,
         }
         crate::fault::point("recover.slot");
@@ -157,6 +152,7 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
         c.discarded.fetch_add(r.discarded, Relaxed);
         c.orphaned.fetch_add(r.orphaned, Relaxed);
         c.dropped.fetch_add(r.dropped, Relaxed);
+        // (`dead_letters` is counted by `slots::give_up` itself.)
         if r.released {
             c.recoveries.fetch_add(1, Relaxed);
         }
@@ -166,42 +162,6 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
     q.ctl.not_empty.fetch_add(1, Release);
     q.ctl.not_full.fetch_add(1, Release);
     r
-}
-
-/// Hands back the messages live participant `d` holds (HELD by `d`): ORPHAN for
-/// redelivery, or FREE under at-most-once. For a process on its way out
-/// (`shutdown::release_all`): its records stay ACTIVE, and its loans are left for the
-/// recovery that follows its death, because a thread of it may still be writing into
-/// them. Only `d` itself may call this (nobody else changes `HELD(_, d)` while `d` lives).
-///
-/// Killed while running it (the process is exiting anyway): each slot is one CAS
-/// `HELD(g, d) -> ORPHAN(g)` (then the hint, as V2a) or `-> FREE(g+1)`; the slots not yet
-/// handed back are still HELD by `d`, and the recovery that follows `d`'s death does the
-/// rest.
-pub fn return_held(q: &Shared<'_>, d: u16) -> u64 {
-    let mut n = 0;
-    for rec in q.slots {
-        let w = rec.word.load(Acquire);
-        if slot_owner(w) != d || slot_state(w) != Some(SlotState::Held) {
-            continue;
-        }
-        let next = if q.at_most_once {
-            let p = rec.pos.load(Acquire);
-            let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
-            crate::layout::slot_freed(w)
-        } else {
-            slot_word(slot_gen(w), SlotState::Orphan, crate::layout::OWNER_NONE)
-        };
-        if rec.word.compare_exchange(w, next, AcqRel, Relaxed).is_ok() {
-            if !q.at_most_once {
-                q.ctl.counters.orphans.fetch_add(1, AcqRel);
-            }
-            n += 1;
-        }
-    }
-    q.ctl.not_empty.fetch_add(1, Release);
-    q.ctl.not_full.fetch_add(1, Release);
-    n
 }
 
 /// Raises the `orphans` hint to at least the number of ORPHAN slots (a recovery killed

@@ -286,7 +286,12 @@ pub fn claim(q: &Shared<'_>, me: u16) -> Result<Claimed, RingError> {
 
 /// Whether slot `s` is committed in the ring at the position its `pos` names.
 pub fn is_committed(q: &Shared<'_>, s: u32) -> bool {
-    let p = q.slots[s as usize].pos.load(Acquire);
+    holds(q, q.slots[s as usize].pos.load(Acquire), s)
+}
+
+/// Whether the cell of position `p` (a `pos` the caller read) holds slot `s` committed at
+/// `p`: `p != NONE` and `cell[i(p)] == F(l(p), s)`. Recovery's V1a test.
+pub fn holds(q: &Shared<'_>, p: u64, s: u32) -> bool {
     p != crate::layout::POS_NONE && q.cells[q.idx(p)].load(Acquire) == cell_full(q.lap(p), s)
 }
 

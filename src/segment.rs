@@ -38,7 +38,7 @@
 //! concurrent grower.
 
 use crate::error::{Error, ErrorKind};
-use crate::layout::{Shared, SlotState, INLINE_BYTES};
+use crate::layout::{Shared, INLINE_BYTES};
 use crate::os;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex};
@@ -203,19 +203,10 @@ impl Segments {
             if i as u32 == keep || rec.seg_size.load(Relaxed) == 0 {
                 continue;
             }
-            let w = rec.word.load(Relaxed);
-            if crate::layout::slot_state(w) != Some(SlotState::Free) {
+            // Taken like any allocation (slots.rs A1), so no producer can be using it.
+            let Some((_, loaned)) = crate::slots::take_if_free(q, me, i, |_| true) else {
                 continue;
-            }
-            let loaned =
-                crate::layout::slot_word(crate::layout::slot_gen(w), SlotState::Loaned, me);
-            if rec
-                .word
-                .compare_exchange(w, loaned, crate::sync::Ordering::AcqRel, Relaxed)
-                .is_err()
-            {
-                continue;
-            }
+            };
             // Same order as growth: epoch, then the object, then seg_size.
             rec.epoch.fetch_add(1, Release);
             lock(&self.cache)[i] = None;

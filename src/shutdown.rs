@@ -7,21 +7,21 @@
 //! 1. every handle of this process stops: operations fail with `Disconnected` (blocked
 //!    calls are woken), and operations already under way finish, so a send that commits
 //!    is delivered;
-//! 2. the messages this process holds are handed back at once (redelivered, or dropped
-//!    under [`Delivery::AtMostOnce`](crate::Delivery)), without waiting for anyone to
-//!    notice the death;
-//! 3. a queue no other process is attached to is unlinked from `/dev/shm`.
+//! 2. a queue no other process is attached to is unlinked from `/dev/shm`.
 //!
-//! Unsent loans are left to the recovery that follows the exit (a thread may still be
-//! writing into one; freeing its slot under it would let that write land in another
-//! message), as are the participant records themselves.
+//! Unsent loans, held messages and the participant records themselves are left to the
+//! recovery that follows the exit (within milliseconds where peers run a supervisor
+//! thread): a thread may still be writing into a loan or reading a [`Message`](crate::Message),
+//! and handing its slot on under it would let that write land in another message, or
+//! the next producer overwrite bytes behind a live `&[u8]`. Held messages are then
+//! redelivered (or dropped under [`Delivery::AtMostOnce`](crate::Delivery)).
 
 use crate::error::Error;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Stops every shmq handle of this process, in every queue it is attached to, hands back
-/// the messages it holds and unlinks the queues it was the last to use (see the module
+/// Stops every shmq handle of this process, in every queue it is attached to, and unlinks
+/// the queues it was the last to use (see the module
 /// doc). Handles used afterwards report `Disconnected`. Call it only on the way out of
 /// the process.
 pub fn release_all() {

@@ -5,19 +5,25 @@
 //! alloc (producer P):   CAS word: FREE(g) -> LOANED(g, P)                       (A1)
 //! write:                payload, len, sender (owner-only fields)                 (A2)
 //! publish:              ring.rs S4-S6
-//! claim (consumer C):   ring.rs R3: LOANED(g, P) -> HELD(g, C)
-//!   or redelivery:      CAS word: ORPHAN(g) -> HELD(g, C); orphans -= 1           (O1, O2)
-//! ack (C):              pos = NONE                                               (K1)
+//! claim (consumer C):   ring.rs R3: LOANED(g, P) -> HELD(g, C)   (deliveries = 1, set by P)
+//!   or redelivery:      CAS word: ORPHAN(g, n) -> HELD(g, C)                     (O1)
+//!                       deliveries = n + 1                                       (O2)
+//!                       orphans -= 1                                             (O3)
+//! ack (C):              p = pos; if word != HELD(g, C): stop; CAS pos: p -> NONE (K1)
 //!                       CAS word: HELD(g, C) -> FREE(g+1)                        (K2)
 //!                       wake the sender if it sleeps in wait_for_acks           (K3)
-//! discard (P, unsent):  pos = NONE; CAS word: LOANED(g, P) -> FREE(g+1)
+//! discard (P, unsent):  K1; CAS word: LOANED(g, P) -> FREE(g+1)
+//! hand back (C cannot map the payload):
+//!                       CAS word: HELD(g, C) -> ORPHAN(g, n - 1); orphans += 1   (H1, see give_up)
 //! ```
 //!
 //! Killed after… | leaves | repaired by
 //! ---|---|---
 //! A1 / A2 | slot LOANED by the dead, `pos` NONE | recovery frees it
-//! O1 | slot HELD by the dead; `orphans` one too high | recovery (ORPHAN again); the hint heals when a scan finds nothing
+//! O1 | slot HELD by the dead, `deliveries` still the previous holder's count; `orphans` one too high | recovery (ORPHAN again, the count one low: see [`give_up`]); the hint heals when a scan finds nothing
+//! O2 | as O1 with the count right | as O1
 //! K1 | slot HELD by the dead with `pos` NONE | recovery: ORPHAN (the ack did not happen, so at-least-once redelivers)
+//! H1 | slot ORPHAN, the hint not raised | every repair pass raises the hint (`recovery::heal_orphan_hint`)
 //! K2 | slot FREE, the sender not woken | nothing: `wait_for_acks` derives "all acked" from the slot table (see [`has_pending`]) and re-checks at least every 100 ms
 //!
 //! Why `pos = NONE` comes before the free (a loom negative control fails without it):
@@ -31,8 +37,10 @@
 //! so the consumer's reads of the payload happen before the next producer's writes.
 
 use crate::layout::{
-    slot_freed, slot_gen, slot_owner, slot_state, slot_word, Shared, SlotState, POS_NONE,
+    orphan_count, slot_freed, slot_gen, slot_orphan, slot_owner, slot_state, slot_word, Shared,
+    SlotState, MAX_DELIVERIES, POS_NONE,
 };
+use crate::sync::mutation::{self, Mutation};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// Takes a FREE slot for participant `me`, scanning the table once from `start` (the
@@ -109,20 +117,123 @@ fn try_take(q: &Shared<'_>, me: u16, s: usize, w: u64) -> Option<(u32, u64)> {
         .map(|_| (s as u32, loaned))
 }
 
-/// Frees slot `s`, which the caller owns with word `w` (HELD after a receive, or LOANED
-/// and never published): K1, K2. Returns false if the word was not `w` any more, which
-/// only happens if recovery wrongly judged the caller dead.
-pub fn free(q: &Shared<'_>, s: u32, w: u64) -> bool {
+/// K1 for slot `s`, which the caller believes it owns with word `w`: reads `pos`, checks
+/// that the slot still holds `w`, and only then resets `pos` to NONE, by CAS from the value
+/// it read. Returns false, having written nothing, if the slot no longer holds `w`.
+///
+/// Why not a plain store: a caller that was wrongly judged dead, or a second recovery
+/// runner repairing the same slot, may come here after the slot was freed and loaned
+/// again; a store would wipe the *new* producer's `pos`, every consumer would then take
+/// its committed cell for stale and clear it, and an `Ok` send would be lost. Read after
+/// `pos`, an unchanged word proves `p` is still this owner's (generations never repeat);
+/// and once the slot moves on, its next `pos` is a later ring position (positions never
+/// repeat) or NONE, so the CAS from `p` fails. Loom: `acks_and_roster.rs` (the ack racing
+/// recovery) and `crash.rs` (two recoverers beside a producer), each with a negative
+/// control ([`Mutation::PosStore`](crate::sync::mutation::Mutation)).
+pub fn reset_pos(q: &Shared<'_>, s: u32, w: u64) -> bool {
     let rec = &q.slots[s as usize];
-    // K1: pos first (see the module doc).
-    if !crate::sync::mutation::on(crate::sync::mutation::Mutation::NoPosReset) {
-        rec.pos.store_cas_safe(POS_NONE, Release);
+    let p = rec.pos.load(Acquire);
+    let recheck = !mutation::on(Mutation::NoPosRecheck) && !mutation::on(Mutation::PosStore);
+    if recheck && rec.word.load(Acquire) != w {
+        return false;
     }
-    crate::fault::point("ack.pos");
-    // K2. SYNC POINT: slot-free (Release).
-    rec.word
+    if mutation::on(Mutation::NoPosReset) {
+        return true;
+    }
+    if mutation::on(Mutation::PosStore) {
+        rec.pos.store_cas_safe(POS_NONE, Release);
+    } else if p != POS_NONE {
+        let _ = rec.pos.compare_exchange(p, POS_NONE, AcqRel, Relaxed);
+    }
+    true
+}
+
+/// Frees slot `s`, which the caller owns with word `w` (HELD after a receive, or LOANED
+/// and never published): K1, K2. Returns false, having changed nothing of the slot, if
+/// the word was not `w` any more (recovery judged the owner dead and repaired it).
+pub fn free(q: &Shared<'_>, s: u32, w: u64) -> bool {
+    // K1: pos first (see the module doc), and only while the slot is still ours.
+    reset_pos(q, s, w) && release(q, s, w)
+}
+
+/// K2. SYNC POINT: slot-free (Release).
+fn release(q: &Shared<'_>, s: u32, w: u64) -> bool {
+    q.slots[s as usize]
+        .word
         .compare_exchange(w, slot_freed(w), AcqRel, Relaxed)
         .is_ok()
+}
+
+/// The acknowledgement of a received message in slot `s` held with word `w`: reads the
+/// sender stamp while the slot is still ours (the next producer restamps it), then frees
+/// the slot (K1, K2). Returns the stamp (to wake that sender's `wait_for_acks`, K3), or
+/// `None` if the slot had been recovered from under the caller (nothing was changed).
+pub fn ack(q: &Shared<'_>, s: u32, w: u64) -> Option<u64> {
+    let stamp = q.slots[s as usize].sender.load(Relaxed);
+    if !reset_pos(q, s, w) {
+        return None;
+    }
+    crate::fault::point("ack.pos");
+    release(q, s, w).then_some(stamp)
+}
+
+/// What became of a held message whose holder gave it up ([`give_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// ORPHAN, for another consumer (at-least-once).
+    Orphaned,
+    /// FREE: dropped (at-most-once).
+    Dropped,
+    /// FREE: delivered `max_deliveries` times, set aside and counted in `dead_letters`.
+    SetAside,
+    /// The slot no longer held `w`: someone else repaired it; nothing changed.
+    Gone,
+}
+
+/// Gives up slot `s`, held with word `w = HELD(g, holder)`, on behalf of a holder that
+/// died (recovery V2) or could
+/// not take it (a receiver that cannot map the payload, H1). `delivered` says whether the
+/// holder's delivery counts toward `max_deliveries` (false for H1: the holder never saw
+/// the bytes).
+///
+/// ```text
+/// n = deliveries[s] (this holder's count), minus one if !delivered
+/// at-most-once and delivered:  K1 (reset_pos); CAS w -> FREE(g+1)               -> Dropped
+/// n >= max_deliveries:        K1 (reset_pos); CAS w -> FREE(g+1); dead_letters += 1 -> SetAside
+/// else:                       CAS w -> ORPHAN(g, n); orphans += 1               -> Orphaned
+/// ```
+///
+/// Killed after the CAS to ORPHAN, before the hint: an ORPHAN slot with the hint too low;
+/// every repair pass raises it (`recovery::heal_orphan_hint`). Killed after the CAS to
+/// FREE, before `dead_letters`: the message is set aside but not counted (a statistic).
+/// A consumer killed between its claim of an ORPHAN and its store of the new count
+/// (`orphan.claim`) leaves `deliveries` one low: that message may be delivered once more
+/// than the limit.
+pub fn give_up(q: &Shared<'_>, s: u32, w: u64, delivered: bool) -> GaveUp {
+    let rec = &q.slots[s as usize];
+    let n = rec.deliveries.load(Relaxed).clamp(1, MAX_DELIVERIES as u64);
+    let n = if delivered { n } else { n - 1 };
+    let set_aside = delivered && n >= q.max_deliveries && !mutation::on(Mutation::NoDeliveryLimit);
+    if (delivered && q.at_most_once) || set_aside {
+        if !free(q, s, w) {
+            return GaveUp::Gone;
+        }
+        if set_aside && !(delivered && q.at_most_once) {
+            q.ctl.counters.dead_letters.fetch_add(1, Relaxed);
+            return GaveUp::SetAside;
+        }
+        return GaveUp::Dropped;
+    }
+    // The slot first, then the hint (recovery.rs, V2a).
+    if rec
+        .word
+        .compare_exchange(w, slot_orphan(slot_gen(w), n), AcqRel, Relaxed)
+        .is_err()
+    {
+        return GaveUp::Gone;
+    }
+    q.ctl.counters.orphans.fetch_add(1, AcqRel);
+    GaveUp::Orphaned
 }
 
 /// Whether any message stamped with sender word `sender` is still unacknowledged:
@@ -146,19 +257,34 @@ pub fn has_pending(q: &Shared<'_>, sender: u64, me: u16) -> bool {
     })
 }
 
-/// Claims an ORPHAN slot (a message whose consumer died) for participant `me`: O1, O2.
-/// Only scans while the `orphans` hint is non-zero; resets the hint when a full scan finds
-/// nothing (so a hint left high by a killed claimer heals).
-pub fn claim_orphan(q: &Shared<'_>, me: u16, start: usize) -> Option<(u32, u64)> {
+/// Claims an ORPHAN slot (a message whose consumer died, or that a receiver handed back)
+/// for participant `me`: O1, O2, O3. Only scans while the `orphans` hint is non-zero;
+/// resets the hint when a full scan finds nothing (so a hint left high by a killed claimer
+/// heals). `skip(slot, word)` passes over orphans this receiver cannot take right now (it
+/// failed to map them, see `Receiver::take`): they stay for other receivers, and the hint
+/// is then not reset.
+///
+/// Returns `(slot, HELD word, delivery count)`, the count including this delivery.
+pub fn claim_orphan(
+    q: &Shared<'_>,
+    me: u16,
+    start: usize,
+    mut skip: impl FnMut(u32, u64) -> bool,
+) -> Option<(u32, u64, u64)> {
     let hint = q.ctl.counters.orphans.load(Acquire);
     if hint == 0 {
         return None;
     }
     let n = q.slots.len();
+    let mut skipped = false;
     for k in 0..n {
         let s = (start + k) % n;
         let w = q.slots[s].word.load(Acquire);
         if slot_state(w) != Some(SlotState::Orphan) {
+            continue;
+        }
+        if skip(s as u32, w) {
+            skipped = true;
             continue;
         }
         let held = slot_word(slot_gen(w), SlotState::Held, me);
@@ -169,7 +295,10 @@ pub fn claim_orphan(q: &Shared<'_>, me: u16, start: usize) -> Option<(u32, u64)>
             .is_ok()
         {
             crate::fault::point("orphan.claim");
-            // O2: saturating decrement of the hint.
+            // O2: the count of this delivery (owner-only while HELD; see `give_up`).
+            let count = (orphan_count(w) + 1).min(MAX_DELIVERIES as u64);
+            q.slots[s].deliveries.store(count, Relaxed);
+            // O3: saturating decrement of the hint.
             let mut c = q.ctl.counters.orphans.load(Relaxed);
             while c > 0 {
                 match q
@@ -182,17 +311,19 @@ pub fn claim_orphan(q: &Shared<'_>, me: u16, start: usize) -> Option<(u32, u64)>
                     Err(now) => c = now,
                 }
             }
-            return Some((s as u32, held));
+            return Some((s as u32, held, count));
         }
     }
     // Nothing found: the hint is stale. Reset it unless it changed meanwhile (recovery
     // raises it *after* it makes a slot ORPHAN, so an orphaning our scan missed raised it
-    // after our load, and this CAS fails).
-    let _ = q
-        .ctl
-        .counters
-        .orphans
-        .compare_exchange(hint, 0, AcqRel, Relaxed);
+    // after our load, and this CAS fails) or we passed over orphans that are still there.
+    if !skipped {
+        let _ = q
+            .ctl
+            .counters
+            .orphans
+            .compare_exchange(hint, 0, AcqRel, Relaxed);
+    }
     None
 }
 

@@ -30,13 +30,25 @@ use crate::layout::{lease_idx, part_gen, part_role};
 use crate::queue::{Queue, Supervision};
 use crate::sync::Ordering;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Once};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Recovers every dead participant of `q`. Returns how many records were released.
 pub(crate) fn repair(q: &Queue) -> Result<usize, Error> {
+    if q.foreign() {
+        // Inherited by fork: its descriptors are /dev/null now, and nothing of it may
+        // change shared memory (`fork.rs`).
+        return Err(Error::new(
+            crate::ErrorKind::Forked,
+            format!(
+                "the attachment to queue {:?} was inherited from the parent process by fork",
+                q.name
+            ),
+        ));
+    }
     let s = q.shared();
     let mut dead = Vec::new();
     for (i, rec) in s.parts.iter().enumerate() {
@@ -58,6 +70,16 @@ pub(crate) fn repair(q: &Queue) -> Result<usize, Error> {
 /// Recovers participant `i` (record word `w`, proven dead) under the lease. Returns true
 /// if the record is free afterwards; false if the lease is busy with a live runner.
 pub(crate) fn recover_one(q: &Queue, i: u16, w: u64) -> bool {
+    // One runner per process at a time (the lease admits its holder again, and every
+    // thread of this process holds the same lease word): a busy lock is a busy lease.
+    if q.foreign() {
+        return false;
+    }
+    let _running = match q.recovering.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return false,
+    };
     let s = q.shared();
     let Some(me) = q.lease_word() else {
         return false;
@@ -86,46 +108,73 @@ pub(crate) fn recover_one(q: &Queue, i: u16, w: u64) -> bool {
 
 /// An eventfd in the watcher thread's epoll set: written when this process attaches to
 /// another queue, so the watcher starts watching that queue's header (and its peers) at
-/// once rather than at its next rescan.
-static NUDGE: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+/// once rather than at its next rescan. -1 until made. Per process: a forked child's copy
+/// is closed by the fork handler (`forget_nudge_in_child`), so the child's watcher gets
+/// its own rather than sharing the parent's counter.
+static NUDGE: AtomicI32 = AtomicI32::new(-1);
 
-fn nudge_fd() -> Option<&'static OwnedFd> {
-    NUDGE
-        .get_or_init(|| {
-            // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            // SAFETY: `fd` is fresh and owned by nobody else.
-            (fd >= 0).then(|| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-        })
-        .as_ref()
+fn nudge_fd() -> Option<BorrowedFd<'static>> {
+    let mut fd = NUDGE.load(SeqCst);
+    if fd < 0 {
+        // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+        let new = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if new < 0 {
+            return None;
+        }
+        fd = match NUDGE.compare_exchange(-1, new, SeqCst, SeqCst) {
+            Ok(_) => new,
+            Err(other) => {
+                // SAFETY: `new` is ours and unused.
+                unsafe { libc::close(new) };
+                other
+            }
+        };
+    }
+    // SAFETY: once installed, the eventfd stays open for the life of this process image
+    // (only a forked child's copy is closed, before any thread of the child runs).
+    Some(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
-/// Starts this process's watcher thread (once) for queues in [`Supervision::Thread`] mode,
-/// and tells it that the set of attached queues changed.
+/// The fork child handler's part (async-signal-safe): closes the child's copy of the
+/// parent's eventfd.
+pub(crate) fn forget_nudge_in_child() {
+    let fd = NUDGE.swap(-1, SeqCst);
+    if fd >= 0 {
+        // SAFETY: our copy of the parent's eventfd; nothing else in the child uses it.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Starts this process's watcher thread (once per process: a forked child starts its
+/// own) for queues in [`Supervision::Thread`] mode, and tells it that the set of attached
+/// queues changed.
 pub(crate) fn watch() {
     if let Some(fd) = nudge_fd() {
         let one = 1u64;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd (best effort).
         unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
-    static START: Once = Once::new();
-    START.call_once(|| {
-        let _ = std::thread::Builder::new()
-            .name("shmq-supervisor".into())
-            .spawn(|| {
-                let never = AtomicBool::new(false);
-                watch_loop(
-                    || {
-                        crate::queue::attached()
-                            .into_iter()
-                            .filter(|q| q.supervision == Supervision::Thread)
-                            .collect()
-                    },
-                    nudge_fd(),
-                    &never,
-                )
-            });
-    });
+    // The epoch (plus one, so 0 means "never") of the process that started the thread.
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    let me = crate::fork::epoch() + 1;
+    if STARTED.swap(me, SeqCst) == me {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("shmq-supervisor".into())
+        .spawn(|| {
+            let never = AtomicBool::new(false);
+            watch_loop(
+                || {
+                    crate::queue::attached()
+                        .into_iter()
+                        .filter(|q| q.supervision == Supervision::Thread)
+                        .collect()
+                },
+                nudge_fd(),
+                &never,
+            )
+        });
 }
 
 /// How often the watcher rescans every record without being woken by a pidfd: it finds
@@ -144,7 +193,7 @@ const RESCAN: Duration = Duration::from_millis(250);
 /// waiter's slice, or by `open()`. Without inotify (or epoll) the rescan alone remains.
 fn watch_loop(
     mut queues: impl FnMut() -> Vec<Arc<Queue>>,
-    nudge: Option<&OwnedFd>,
+    nudge: Option<BorrowedFd<'_>>,
     stop: &AtomicBool,
 ) {
     let ep = Epoll::new();
@@ -161,7 +210,7 @@ fn watch_loop(
     // pid -> (start time, pidfd)
     let mut watched: HashMap<u32, (u64, OwnedFd)> = HashMap::new();
     let me = std::process::id();
-    let my_ns = crate::os::pid_namespace();
+    let my_ns = crate::os::pid_namespace().unwrap_or(0);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let qs = queues();
         if let Some(ino) = &ino {
@@ -201,7 +250,7 @@ fn watch_loop(
                 if let Some(fd) = crate::os::pidfd_open(pid) {
                     // The pid may have been reused between the record and the open: keep
                     // the fd only if it is the recorded process.
-                    if crate::os::proc_stat(pid).is_some_and(|st| st.start_time == start) {
+                    if matches!(crate::os::proc_stat(pid), Ok(Some(st)) if st.start_time == start) {
                         if let Some(ep) = &ep {
                             ep.add(&fd);
                         }
@@ -258,17 +307,17 @@ impl Epoll {
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
         }))
     }
-    fn add(&self, fd: &OwnedFd) {
+    fn add(&self, fd: impl AsFd) {
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
-            u64: fd.as_raw_fd() as u64,
+            u64: fd.as_fd().as_raw_fd() as u64,
         };
         // SAFETY: both descriptors are valid; `ev` outlives the call.
         unsafe {
             libc::epoll_ctl(
                 self.0.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
+                fd.as_fd().as_raw_fd(),
                 &mut ev,
             )
         };

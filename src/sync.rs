@@ -284,6 +284,14 @@ pub mod mutation {
         PosBeforeWord = 4,
         /// Nobody clears a stale cell or advances `head` past it (no helping).
         NoHelping = 8,
+        /// slots.rs K1 as it was: `pos` reset by a plain store, whether or not the slot is
+        /// still the caller's (implies `NoPosRecheck`).
+        PosStore = 16,
+        /// slots.rs `reset_pos`: no re-read of the slot word after reading `pos` (the old
+        /// recovery V2b), so a late second runner resets a newer owner's `pos`.
+        NoPosRecheck = 32,
+        /// slots.rs `give_up`: no delivery limit (a message is redelivered forever).
+        NoDeliveryLimit = 64,
     }
 
     #[cfg(shmq_loom)]

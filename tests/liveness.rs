@@ -5,8 +5,8 @@
 //! * pid reuse cannot make a dead participant look alive: the dead process's pid is
 //!   really handed to another process (through `/proc/sys/kernel/ns_last_pid`, or by
 //!   cycling through the pid space when `pid_max` is small) and recovery still happens,
-//!   also when a forked child inherited the dead process's lock so that only the
-//!   start-time cross-check can tell;
+//!   also when a child made without `fork` handlers (a raw `clone`) inherited the dead
+//!   process's lock so that only the start-time cross-check can tell;
 //! * a zombie (SIGKILLed, not reaped) is dead, and recovered before it is reaped;
 //! * a SIGSTOPped participant is alive however long it is stopped: nothing of it is
 //!   recovered while others use the queue, and after SIGCONT it goes on with its loan and
@@ -314,6 +314,21 @@ fn pid_reuse(test: &str, inherit: bool) {
         }
         _ => None,
     };
+    // Kills the heir however this test ends (it holds our stdout, so a heir left running
+    // after a failed assertion would hold up whoever reads the test's output).
+    struct KillHeir(Option<i32>);
+    impl Drop for KillHeir {
+        fn drop(&mut self) {
+            if let Some(h) = self.0 {
+                // SAFETY: plain syscalls on a process this test made; a no-op if it is gone.
+                unsafe {
+                    libc::kill(h, libc::SIGKILL);
+                    libc::waitpid(h, std::ptr::null_mut(), libc::WNOHANG);
+                }
+            }
+        }
+    }
+    let mut kill_heir = KillHeir(heir);
     let a_pid = a.pid();
     let (_, a_start) = proc_stat(a_pid).expect("a is running");
     let sup = shmq::Supervisor::open(&g.name).unwrap();
@@ -390,6 +405,7 @@ fn pid_reuse(test: &str, inherit: bool) {
             }
         }
         unregister_pid(h);
+        kill_heir.0 = None; // reaped: its pid may be anyone's now
     }
     drop(sup);
     let tx = Sender::open(&g.name).unwrap();

@@ -122,10 +122,10 @@ fn inspect(args: &[String]) -> Result<(), String> {
             .collect();
         println!(
             "{{\"name\":{},\"capacity\":{},\"slots\":{},\"max_participants\":{},\"max_message_size\":{},\
-\"max_payload_bytes\":{},\"delivery\":{},\"head\":{},\"tail\":{},\"depth\":{},\
+\"max_payload_bytes\":{},\"delivery\":{},\"max_deliveries\":{},\"head\":{},\"tail\":{},\"depth\":{},\
 \"slot_states\":{{\"free\":{free},\"loaned\":{loaned},\"held\":{held},\"orphan\":{orphan}}},\
 \"payload_bytes\":{},\"header_bytes\":{},\"lease_holder\":{},\"recoveries\":{},\"orphaned\":{},\
-\"dropped\":{},\"discarded\":{},\"participants\":[{}]}}",
+\"dropped\":{},\"dead_letters\":{},\"discarded\":{},\"participants\":[{}]}}",
             json_str(&i.name),
             i.capacity,
             i.slots,
@@ -133,6 +133,7 @@ fn inspect(args: &[String]) -> Result<(), String> {
             i.max_message_size,
             i.max_payload_bytes,
             json_str(if i.at_most_once { "at-most-once" } else { "at-least-once" }),
+            i.max_deliveries,
             i.head,
             i.tail,
             i.depth,
@@ -142,6 +143,7 @@ fn inspect(args: &[String]) -> Result<(), String> {
             i.recoveries,
             i.orphaned,
             i.dropped,
+            i.dead_letters,
             i.discarded,
             parts.join(",")
         );
@@ -153,12 +155,13 @@ fn inspect(args: &[String]) -> Result<(), String> {
         i.capacity, i.depth, i.head, i.tail
     );
     println!(
-        "delivery     {}",
+        "delivery     {}; at most {} deliveries, then set aside",
         if i.at_most_once {
             "at-most-once"
         } else {
             "at-least-once"
-        }
+        },
+        i.max_deliveries
     );
     println!(
         "messages     up to {} each; payload memory {} of {} allowed; header {}",
@@ -172,12 +175,13 @@ fn inspect(args: &[String]) -> Result<(), String> {
         i.slots
     );
     println!(
-        "recovery     lease {}; {} recovered, {} redeliverable, {} dropped, {} discarded",
+        "recovery     lease {}; {} recovered, {} redeliverable, {} dropped, {} set aside, {} discarded",
         i.lease_holder
             .map_or("free".to_string(), |l| format!("held by #{l}")),
         i.recoveries,
         i.orphaned,
         i.dropped,
+        i.dead_letters,
         i.discarded
     );
     println!(

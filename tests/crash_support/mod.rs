@@ -728,9 +728,12 @@ pub fn holder_child() -> ! {
 /// Child role "loaner": opens a sender, sends `SHMQ_T_SENDS` messages of producer
 /// `SHMQ_T_ID` (reporting each `Ok` to `SHMQ_T_LOG`), takes `SHMQ_T_LOANS` loans filled
 /// with the next seqs and keeps them unsent, emits `loaned`, then sleeps until killed.
-/// With `SHMQ_T_FORK=1` it first forks a child that inherits its descriptors (and so its
-/// participant locks: handles are not fork-safe) and pauses forever; the event is then
-/// `loaned <pid of that child>`.
+/// With `SHMQ_T_FORK=1` it first makes a child that inherits its descriptors, and so its
+/// participant locks, and pauses forever; the event is then `loaned <pid of that child>`.
+/// The child is made by the raw `clone` syscall, which runs no `pthread_atfork` handlers:
+/// after a `fork()` shmq's child handler closes the inherited lock descriptors
+/// (`src/fork.rs`), but a process made without it (a raw `clone`, a runtime that does not
+/// use glibc's `fork`) keeps them, and only the start-time cross-check can then tell.
 pub fn loaner_child() -> ! {
     let tx = shmq::Builder::new()
         .name(queue_name())
@@ -752,8 +755,12 @@ pub fn loaner_child() -> ! {
         loans.push(l);
     }
     if param_opt("SHMQ_T_FORK").as_deref() == Some("1") {
-        // SAFETY: the child only calls async-signal-safe functions (pause) until killed.
-        let pid = unsafe { libc::fork() };
+        // SAFETY: a fork without atfork handlers (`clone(SIGCHLD)` with no other flags is
+        // what `fork()` does underneath); the child only makes raw syscalls (pause) until
+        // killed.
+        let pid = unsafe {
+            libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) as i32
+        };
         if pid == 0 {
             loop {
                 // SAFETY: async-signal-safe.

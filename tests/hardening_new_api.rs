@@ -1,0 +1,237 @@
+//! Issue 11, defect 7: the API the fix adds (this file does not compile against main at
+//! 2c7ff0e, which has none of it):
+//!
+//! * `Message::delivery_count() -> u32`: 1 on the first delivery, 2 once the message was
+//!   redelivered after its first holder was SIGKILLed;
+//! * `Builder::max_deliveries(n: u32)`: a message delivered `n` times without being
+//!   acknowledged (a poison message that crashes every consumer taking it) is set aside,
+//!   and the messages behind it keep flowing;
+//! * `shmq::info::QueueInfo::dead_letters: u64`: how many messages were set aside (shown
+//!   by `shmq inspect`).
+
+mod common;
+
+use common::{as_child, param, wait_for_file, write_atomic, Child, ShmGuard, TempDir, Watchdog};
+use shmq::{Builder, RecvTimeoutError};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(90);
+const T: Duration = Duration::from_secs(5);
+
+fn dir_file(name: &str) -> PathBuf {
+    PathBuf::from(param("DIR")).join(name)
+}
+
+fn child_role(role: &str) {
+    let name = param("NAME");
+    match role {
+        // Receives one message, writes its delivery count, and holds it until killed.
+        "holder" => {
+            let rx = shmq::Receiver::open(&name).unwrap();
+            let m = rx.recv_timeout(T).expect("holder recv");
+            write_atomic(
+                dir_file("held"),
+                format!("{} {}", m.delivery_count(), m.is_redelivery()),
+            );
+            std::thread::sleep(Duration::from_secs(60));
+            panic!("holder was not killed");
+        }
+        // Receives until the queue stays empty for a second. Appends each message's text
+        // and delivery count to `log` (flushed) before acknowledging it; aborts on a
+        // message that starts with POISON, as a consumer that crashes on bad input.
+        "consumer" => {
+            let rx = shmq::Receiver::open(&name).unwrap();
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir_file("log"))
+                .unwrap();
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(m) => {
+                        if m.starts_with(b"POISON") {
+                            writeln!(log, "poison {}", m.delivery_count()).unwrap();
+                            log.sync_all().unwrap();
+                            std::process::abort();
+                        }
+                        writeln!(
+                            log,
+                            "{} {}",
+                            String::from_utf8_lossy(&m),
+                            m.delivery_count()
+                        )
+                        .unwrap();
+                        log.sync_all().unwrap();
+                        drop(m);
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(e) => panic!("consumer recv: {e:?}"),
+                }
+            }
+        }
+        r => panic!("unknown role {r}"),
+    }
+}
+
+/// A message's delivery count is 1 on its first delivery and 2 after its holder was
+/// SIGKILLed and it was redelivered.
+#[test]
+fn delivery_count_counts_redeliveries_after_a_holder_is_killed() {
+    as_child(child_role);
+    let _wd = Watchdog::new("delivery_count", LIMIT);
+    let g = ShmGuard::new("dcount");
+    let dir = TempDir::new("dcount");
+    let (tx, rx) = Builder::new().name(g.name()).capacity(4).create().unwrap();
+    // A message received and acked at once was delivered once.
+    tx.send(b"plain").unwrap();
+    let m = rx.recv_timeout(T).unwrap();
+    assert_eq!((m.delivery_count(), m.is_redelivery()), (1, false));
+    drop(m);
+
+    tx.send(b"held-then-killed").unwrap();
+    let mut holder = Child::spawn(
+        "delivery_count_counts_redeliveries_after_a_holder_is_killed",
+        "holder",
+        &[("NAME", &g.name()), ("DIR", &dir.path().display())],
+    );
+    wait_for_file(dir.join("held"), Some(&mut holder));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("held")).unwrap(),
+        "1 false",
+        "first delivery: delivery_count 1, not a redelivery"
+    );
+    holder.kill();
+    let m = rx.recv_timeout(T).expect("the redelivered message");
+    assert_eq!(&*m, b"held-then-killed");
+    assert!(m.is_redelivery());
+    assert_eq!(m.delivery_count(), 2, "second delivery");
+    drop(m);
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+/// A poison message (every consumer that takes it aborts) is delivered `max_deliveries`
+/// times, then set aside and counted in `dead_letters`; every other message is delivered
+/// exactly once, in order. The consumer is restarted after each crash, at most
+/// `max_deliveries + 1` times.
+#[test]
+fn a_poison_message_is_set_aside_after_max_deliveries_and_the_rest_flow() {
+    as_child(child_role);
+    let _wd = Watchdog::new("poison", LIMIT);
+    const MAX: u32 = 3;
+    let g = ShmGuard::new("poison");
+    let dir = TempDir::new("poison");
+    let (tx, rx) = Builder::new()
+        .name(g.name())
+        .capacity(16)
+        .max_deliveries(MAX)
+        .create()
+        .unwrap();
+    // Consumers are the children; `_rx` (never used) keeps sends from being
+    // `Disconnected` before the first consumer attaches.
+    let _rx = rx;
+    for i in 0..5 {
+        tx.send(format!("msg-{i}").as_bytes()).unwrap();
+    }
+    tx.send(b"POISON pill").unwrap();
+    for i in 5..10 {
+        tx.send(format!("msg-{i}").as_bytes()).unwrap();
+    }
+    let mut aborts = 0u32;
+    let mut clean_exit = false;
+    for run in 0..=MAX {
+        let mut c = Child::spawn(
+            "a_poison_message_is_set_aside_after_max_deliveries_and_the_rest_flow",
+            "consumer",
+            &[("NAME", &g.name()), ("DIR", &dir.path().display())],
+        );
+        let st = c.wait();
+        if st.signal() == Some(libc::SIGABRT) {
+            aborts += 1;
+            continue;
+        }
+        assert_eq!(
+            st.code(),
+            Some(common::CHILD_OK),
+            "consumer run {run} failed: {st:?}"
+        );
+        clean_exit = true;
+        break;
+    }
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let poison: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("poison"))
+        .collect();
+    let others: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("poison"))
+        .collect();
+    assert!(
+        clean_exit,
+        "the consumer still crashed on its {}th start: the poison message was never set \
+         aside (deliveries: {poison:?})",
+        MAX + 1
+    );
+    assert_eq!(aborts, MAX, "consumer crashes, log:\n{log}");
+    assert_eq!(
+        poison,
+        (1..=MAX).map(|k| format!("poison {k}")).collect::<Vec<_>>(),
+        "the poison message's deliveries, with their counts"
+    );
+    let want: Vec<String> = (0..10).map(|i| format!("msg-{i} 1")).collect();
+    assert_eq!(
+        others, want,
+        "every other message exactly once, in order, on its first delivery"
+    );
+    let info = shmq::info::inspect(g.name()).unwrap();
+    assert_eq!(info.dead_letters, 1, "messages set aside");
+    assert_eq!(info.depth, 0, "nothing left queued");
+    drop((tx, _rx));
+    g.assert_clean();
+}
+
+/// Without `max_deliveries`, the default limit is finite: a poison message does not
+/// crash consumers forever (at most this many restarts are tried).
+#[test]
+fn the_default_delivery_limit_is_finite() {
+    as_child(child_role);
+    let _wd = Watchdog::new("default_limit", Duration::from_secs(300));
+    const TRIES: u32 = 20;
+    let g = ShmGuard::new("deflimit");
+    let dir = TempDir::new("deflimit");
+    let (tx, rx) = Builder::new().name(g.name()).capacity(4).create().unwrap();
+    let _rx = rx; // see above
+    tx.send(b"POISON pill").unwrap();
+    tx.send(b"msg-after").unwrap();
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        assert!(
+            runs <= TRIES,
+            "the poison message was still delivered after {TRIES} crashes"
+        );
+        let mut c = Child::spawn(
+            "the_default_delivery_limit_is_finite",
+            "consumer",
+            &[("NAME", &g.name()), ("DIR", &dir.path().display())],
+        );
+        if c.wait().signal() != Some(libc::SIGABRT) {
+            break;
+        }
+    }
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l == "msg-after 1"),
+        "the message behind the poison one was delivered once, log:\n{log}"
+    );
+    assert_eq!(shmq::info::inspect(g.name()).unwrap().dead_letters, 1);
+    drop((tx, _rx));
+    g.assert_clean();
+}
