@@ -31,6 +31,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "orphan.claim",
         "ORPHAN slot reclaimed, hint not lowered (slots O1)",
     ),
+    (
+        "giveup.orphaned",
+        "a held message handed back as ORPHAN, the orphans hint not raised (slots give_up: recovery V2a, or a receiver that cannot map it, H1)",
+    ),
     ("ack.pos", "pos reset, slot still HELD (slots K1)"),
     ("ack.freed", "slot FREE, sender not woken (slots K2)"),
     (

@@ -23,7 +23,7 @@
 //! O1 | slot HELD by the dead, `deliveries` still the previous holder's count; `orphans` one too high | recovery (ORPHAN again, the count one low: see [`give_up`]); the hint heals when a scan finds nothing
 //! O2 | as O1 with the count right | as O1
 //! K1 | slot HELD by the dead with `pos` NONE | recovery: ORPHAN (the ack did not happen, so at-least-once redelivers)
-//! H1 | slot ORPHAN, the hint not raised | every repair pass raises the hint (`recovery::heal_orphan_hint`)
+//! H1, or recovery V2a (`giveup.orphaned`) | slot ORPHAN, the hint not raised | every repair pass raises the hint (`recovery::heal_orphan_hint`); kill test: `tests/crash.rs`, a recovery runner killed there
 //! K2 | slot FREE, the sender not woken | nothing: `wait_for_acks` derives "all acked" from the slot table (see [`has_pending`]) and re-checks at least every 100 ms
 //!
 //! Why `pos = NONE` comes before the free (a loom negative control fails without it):
@@ -232,6 +232,7 @@ pub fn give_up(q: &Shared<'_>, s: u32, w: u64, delivered: bool) -> GaveUp {
     {
         return GaveUp::Gone;
     }
+    crate::fault::point("giveup.orphaned");
     q.ctl.counters.orphans.fetch_add(1, AcqRel);
     GaveUp::Orphaned
 }

@@ -13,7 +13,8 @@
 //! * afterwards every payload slot is free, capacity is exact, and `/dev/shm` holds
 //!   nothing of the queue once every handle is dropped.
 //!
-//! Also: recovery itself killed halfway (at `recover.slot` / `recover.release`) and
+//! Also: recovery itself killed halfway (at `recover.slot` / `giveup.orphaned` /
+//! `recover.release`) and
 //! finished by another process, and blocked senders and receivers getting `Disconnected`
 //! when their last peer is SIGKILLed, with a supervisor thread and in manual mode with no
 //! other process alive.
@@ -117,6 +118,7 @@ const COVERED: &[&str] = &[
     "recv.cleared",
     "recv.claimed",
     "orphan.claim",
+    "giveup.orphaned",
     "ack.pos",
     "ack.freed",
     "register.cas",
@@ -948,6 +950,10 @@ recovery_tests! {
         "supervisor" "recover.release" skip 0;
     supervisor_killed_after_releasing_the_third_dead_record_is_finished_by_another_process:
         "supervisor" "recover.release" skip 2;
+    supervisor_killed_between_orphaning_a_held_message_and_raising_the_hint_is_finished_by_another_process:
+        "supervisor" "giveup.orphaned" skip 0;
+    supervisor_killed_after_orphaning_the_second_held_message_is_finished_by_another_process:
+        "supervisor" "giveup.orphaned" skip 1;
     receiver_killed_while_its_open_repairs_a_slot_is_finished_by_another_process:
         "open" "recover.slot" skip 1;
     receiver_killed_while_its_open_releases_a_dead_record_is_finished_by_another_process:
