@@ -38,10 +38,16 @@
 //! * A send whose process died before the commit is discarded, its slot freed.
 //! * A message held (received, not yet dropped) by a consumer that dies is redelivered to
 //!   another consumer ([`Delivery::AtLeastOnce`], the default; [`Message::is_redelivery`]
-//!   tells) or dropped ([`Delivery::AtMostOnce`]). Nothing else is lost or duplicated.
+//!   tells) or dropped ([`Delivery::AtMostOnce`]), up to [`Builder::max_deliveries`]
+//!   deliveries ([`Message::delivery_count`]), after which it is set aside and counted.
+//!   Nothing else is lost or duplicated.
 //! * Capacity is exact: with capacity 5, five `try_send` succeed and the sixth is `Full`.
 //!   Redelivered messages come out of FIFO order, on top of capacity.
-//! * Handles are not fork-safe: a forked child must open its own.
+//! * A participant is judged dead only on positive evidence (its lock free, or its pid
+//!   gone or reused); a failure to look means alive.
+//! * Handles survive `fork`: an inherited `Sender`/`Receiver` attaches afresh in the child
+//!   on first use; inherited handles, loans and messages dropped in the child change
+//!   nothing; an inherited `Loan`/`Message` cannot be used there (`fork.rs`).
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -223,7 +229,7 @@ impl Builder {
 
     /// How many times a message may be delivered (under [`Delivery::AtLeastOnce`]) before
     /// it is set aside: a message whose consumer died holding it for the `n`-th time is
-    /// discarded and counted (`dead_letters` in [`QueueInfo`](crate::QueueInfo) and `shmq
+    /// discarded and counted (`dead_letters` in [`QueueInfo`](crate::info::QueueInfo) and `shmq
     /// inspect`) instead of being redelivered, so a payload that crashes every consumer
     /// that takes it cannot stop the queue. [`Message::delivery_count`] tells a consumer
     /// which delivery it holds. Between 1 (never redeliver; like at-most-once for crashed

@@ -6,10 +6,12 @@
 //! no locks). A lock byte that is free while the record is still ACTIVE means its owner is
 //! dead. Pid reuse cannot fool this (a new process with the old pid holds no lock of
 //! ours), and a SIGSTOPped process keeps its lock, so it stays alive however long it
-//! sleeps. The one way a dead participant's lock can survive is a forked child that
-//! inherited the descriptor (handles are not fork-safe); that case is caught by
-//! cross-checking the recorded pid and start time in `/proc` (same pid namespace only:
-//! across namespaces the lock alone decides, never a doubtful pid).
+//! sleeps. The one way a dead participant's lock can survive is a child that inherited the
+//! descriptor without shmq's fork handler running (a raw `clone`; after `fork()` the handler
+//! closes them, see `fork.rs`); that case is caught by cross-checking the recorded pid and
+//! start time in `/proc` (same pid namespace only: across namespaces the lock alone
+//! decides, never a doubtful pid). Only positive evidence counts (`Queue::is_dead`): any
+//! failure to look in `/proc` or to test a lock means alive.
 //!
 //! **Notification**: the watcher holds a `pidfd` per peer process in an epoll set, so it
 //! wakes as soon as a peer exits, and an inotify watch on each header, which every
