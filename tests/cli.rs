@@ -16,7 +16,11 @@ fn shmq(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn list_and_inspect_show_a_live_queue_with_its_participants() {
-    let (tx, rx) = shmq::Builder::new().capacity(8).create().unwrap();
+    let (tx, rx) = shmq::Builder::new()
+        .capacity(8)
+        .max_deliveries(4)
+        .create()
+        .unwrap();
     tx.send(b"one").unwrap();
     tx.send(b"two").unwrap();
     let held = rx.recv().unwrap();
@@ -36,6 +40,8 @@ fn list_and_inspect_show_a_live_queue_with_its_participants() {
     assert!(out.contains("capacity     8 (depth 1"), "{out}");
     assert!(out.contains("1 held"), "{out}");
     assert!(out.contains("sender") && out.contains("receiver"), "{out}");
+    assert!(out.contains("at most 4 deliveries"), "{out}");
+    assert!(out.contains("0 set aside"), "{out}");
 
     let (ok, json, _) = shmq(&["inspect", &name, "--json"]);
     assert!(ok);
@@ -45,6 +51,8 @@ fn list_and_inspect_show_a_live_queue_with_its_participants() {
     );
     assert!(json.contains(&format!("\"name\":\"{name}\"")));
     assert!(json.contains("\"held\":1,\"orphan\":0"), "{json}");
+    assert!(json.contains("\"max_deliveries\":4,"), "{json}");
+    assert!(json.contains("\"dead_letters\":0,"), "{json}");
     drop(held);
 }
 

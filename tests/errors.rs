@@ -556,6 +556,33 @@ fn a_queue_being_created_is_never_seen_half_built() {
 }
 
 #[test]
+fn max_deliveries_out_of_range_is_an_invalid_argument() {
+    let _wd = Watchdog::new("max_deliveries_range", LIMIT);
+    let g = ShmGuard::new("maxdel");
+    for n in [0, 65535, u32::MAX] {
+        let e = shmq::Builder::new()
+            .name(g.name())
+            .max_deliveries(n)
+            .create()
+            .expect_err("max_deliveries out of range");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("max_deliveries"), "{e}");
+        assert_error_style("max_deliveries(n)", &e.to_string());
+        g.assert_clean();
+    }
+    for n in [1, 65534] {
+        let (tx, rx) = shmq::Builder::new()
+            .name(g.name())
+            .max_deliveries(n)
+            .create()
+            .unwrap();
+        assert_eq!(shmq::info::inspect(g.name()).unwrap().max_deliveries, n);
+        drop((tx, rx));
+        g.assert_clean();
+    }
+}
+
+#[test]
 fn zero_capacity_is_an_invalid_argument() {
     let _wd = Watchdog::new("zero_capacity", LIMIT);
     let e = shmq::channel(0).expect_err("channel(0)");
