@@ -14,8 +14,7 @@
 //!     LOANED(g, d):
 //!       p = pos[s]; if word[s] != w: skip (claimed, acked, re-loaned since)
 //!       if p != NONE and cell[i(p)] == F(l(p), s): leave it                      (V1a)
-//!       else: slots::free: K1 (pos by CAS from the value read, only while the
-//!             word is still w); CAS w -> FREE(g+1)                               (V1b)
+//!       else: CAS w -> FREE(g+1), pos left (slots::discard_uncommitted)          (V1b)
 //!     HELD(g, d): slots::give_up, n = deliveries[s]:
 //!       at-least-once, n < max_deliveries: CAS w -> ORPHAN(g, n); orphans += 1  (V2a)
 //!       at-most-once:   K1; CAS w -> FREE(g+1)                                   (V2b)
@@ -51,12 +50,16 @@
 //! (`Queue::recovering`, because every runner of one process shares its lease word). Each
 //! step is still written to be right if two runners repair the same participant at once
 //! (a runner whose lease was stolen because it was wrongly judged dead, a rerun racing a
-//! late first run): every `pos` reset goes through `slots::reset_pos`, which re-reads the
-//! slot word after `pos` and resets by CAS from the value read. The old V2b read `pos` and
-//! reset it without the re-read: runner A freed the slot, a producer loaned it and stored
-//! its `pos`, and runner B, which had read the dead consumer's HELD word, wiped that `pos`;
-//! the producer's committed message was then cleared as stale. The loom model of two
-//! runners beside a live producer fails that way under `Mutation::NoPosRecheck`.
+//! late first run): every `pos` reset of a held message goes through `slots::reset_pos`,
+//! which re-reads the slot word after `pos` and resets by CAS from the value read (a
+//! committed position never comes back, so that CAS cannot hit a later owner's `pos`).
+//! The old V2b read `pos` and reset it without the re-read: runner A freed the slot, a
+//! producer loaned it and stored its `pos`, and runner B, which had read the dead
+//! consumer's HELD word, wiped that `pos`; the producer's committed message was then
+//! cleared as stale (loom: two runners beside a live producer, `Mutation::NoPosRecheck`).
+//! An uncommitted loan (V1b) is freed without touching `pos` at all: its position may
+//! still be open and be filled by the slot's next owner with the same `pos` value, which
+//! no re-read can tell apart (`Mutation::ResetUncommittedPos`).
 //!
 //! V2a raises the `orphans` hint *after* the slot becomes ORPHAN. In the other order a
 //! receiver could read the raised hint, scan before the slot changes, find nothing and
@@ -119,10 +122,9 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
                     r.kept += 1; // V1a
                     continue;
                 }
-                // V1b: uncommitted and its producer dead. `free` re-reads pos and the
-                // word again and resets pos by CAS only while the slot is still `w`, so
-                // a second runner (or a rerun) never clobbers a later owner's pos.
-                if crate::slots::free(q, s, w) {
+                // V1b: uncommitted and its producer dead: free the slot, `pos` left as
+                // it is (`slots::discard_uncommitted` says why a reset would be wrong).
+                if crate::slots::discard_uncommitted(q, s, w) {
                     r.discarded += 1;
                 }
             }

@@ -13,6 +13,8 @@
 //!                       CAS word: HELD(g, C) -> FREE(g+1)                        (K2)
 //!                       wake the sender if it sleeps in wait_for_acks           (K3)
 //! discard (P, unsent):  K1; CAS word: LOANED(g, P) -> FREE(g+1)
+//! discard (P dead, not committed, recovery V1b): CAS word: LOANED(g, P) -> FREE(g+1)
+//!                       (`pos` left: see discard_uncommitted)
 //! hand back (C cannot map the payload):
 //!                       CAS word: HELD(g, C) -> ORPHAN(g, n - 1); orphans += 1   (H1, see give_up)
 //! ```
@@ -162,6 +164,29 @@ fn release(q: &Shared<'_>, s: u32, w: u64) -> bool {
         .word
         .compare_exchange(w, slot_freed(w), AcqRel, Relaxed)
         .is_ok()
+}
+
+/// Frees slot `s`, LOANED with word `w` by a dead producer whose message is not committed
+/// at the position its `pos` names (recovery V1b): the word CAS alone (K2), `pos` left as
+/// it is.
+///
+/// Why not reset `pos` first, as every other free does: that reset exists for a stale
+/// consumer that read a full cell naming this slot at `pos` (see the module doc), and no
+/// consumer can have read one here: the message was never committed at `pos`. And the
+/// reset would be wrong if two recovery runners ever ran at once: runner A frees the
+/// slot, a producer loans it and publishes it at the very position the dead producer had
+/// reserved and never filled (it is still open, so `pos` takes the same value again), and
+/// runner B's CAS of `pos` from the value it read (that same value) to NONE succeeds,
+/// after its re-read of the word had passed. The committed cell is then taken for stale
+/// and an `Ok` send is lost. The stale `pos` is harmless: it names a position where this
+/// slot is not committed, and the next owner overwrites it (ring.rs S4) before it commits.
+/// Loom: `crash.rs` (two recoverers of a producer killed after S4, beside a producer),
+/// negative control `Mutation::ResetUncommittedPos`.
+pub fn discard_uncommitted(q: &Shared<'_>, s: u32, w: u64) -> bool {
+    if mutation::on(Mutation::ResetUncommittedPos) {
+        return free(q, s, w);
+    }
+    release(q, s, w)
 }
 
 /// The acknowledgement of a received message in slot `s` held with word `w`: reads the

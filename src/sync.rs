@@ -292,6 +292,10 @@ pub mod mutation {
         NoPosRecheck = 32,
         /// slots.rs `give_up`: no delivery limit (a message is redelivered forever).
         NoDeliveryLimit = 64,
+        /// slots.rs `discard_uncommitted` (recovery V1b) resets `pos` before the free, as
+        /// it did before: a second runner then wipes the `pos` of a producer that
+        /// published the reused slot at the very position the dead one left open.
+        ResetUncommittedPos = 128,
     }
 
     #[cfg(shmq_loom)]

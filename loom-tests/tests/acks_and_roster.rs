@@ -1,12 +1,13 @@
 //! What `wait_for_acks` and disconnection are built on: `slots::has_pending` (derived from
-//! the slot table) and `roster::count_roles` (ACTIVE participant records).
+//! the slot table) and `roster::count_roles` (ACTIVE participant records); and the ack
+//! racing a recovery of its consumer (`shmq_loom_tests::AckRace`).
 #![cfg(shmq_loom)]
 
 use shmq::layout::Role;
 use shmq::{recovery, roster, slots};
 use shmq_loom_tests::{
     ack, assert_all_free, claim_and_read, claim_orphan_and_read, drain, model, queue, recv,
-    register, send, write,
+    register, send, sweep_points, write, AckRace,
 };
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -150,4 +151,28 @@ fn count_roles_sees_participants_until_they_leave_or_are_recovered() {
         );
         assert_eq!(roster::count_roles(&q), (1, 0));
     });
+}
+
+// ---- the ack racing recovery (issue 11, defect 4) -----------------------------------------
+
+fn ack_race(at_most_once: bool) -> u64 {
+    let c = AckRace { at_most_once };
+    let n = sweep_points(&format!("{c:?}"), c.steps(), move |k| c.run(k));
+    eprintln!("{c:?}: {n} crash points");
+    n
+}
+
+#[test]
+fn an_ack_racing_recovery_never_wipes_the_pos_of_the_slots_next_producer() {
+    // C acks 0x01 while the supervisor, judging C dead, drops it (at-most-once: V2b frees
+    // the slot) and P loans slot 0 again and publishes. C is killed before each step of its
+    // ack in turn, or not at all (wrongly judged dead: its ack finds the slot gone).
+    ack_race(true);
+}
+
+#[test]
+fn an_ack_racing_recovery_is_acked_or_redelivered_once_and_loses_nothing() {
+    // The same at-least-once: recovery orphans 0x01, a receiver takes and acks it, and P
+    // then reuses slot 0.
+    ack_race(false);
 }

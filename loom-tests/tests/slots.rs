@@ -1,11 +1,12 @@
 //! Slot ownership (`slots.rs`): allocation and free race on the slot word only, and the
-//! generation in that word defeats stale words.
+//! generation in that word defeats stale words; segment trimming takes a slot exactly like
+//! an allocation (`shmq_loom_tests::TrimRace`).
 #![cfg(shmq_loom)]
 
 use loom::sync::atomic::Ordering::{AcqRel, Relaxed};
 use shmq::layout::{slot_freed, slot_gen, slot_word, SlotState};
 use shmq::slots;
-use shmq_loom_tests::{assert_all_free, model, queue};
+use shmq_loom_tests::{assert_all_free, model, queue, sweep_points, TrimRace};
 use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
@@ -116,4 +117,16 @@ fn one_slot_has_one_owner_at_a_time_and_stale_words_never_cas() {
 #[test]
 fn three_threads_share_two_slots_without_double_ownership() {
     run(2, vec![1, 1, 1]);
+}
+
+#[test]
+fn trimming_racing_an_allocation_never_shares_a_slot_and_a_killed_trimmer_leaks_nothing() {
+    // The trimmer takes each FREE slot (`take_if_free`), writes it and frees it, while a
+    // producer allocates and sends and a consumer receives; the trimmer is killed before
+    // each of its steps in turn and then recovered.
+    let c = TrimRace { take: true };
+    let n = sweep_points("trimming racing an allocation", c.steps(), move |k| {
+        c.run(k)
+    });
+    eprintln!("trimming racing an allocation: {n} crash points");
 }
