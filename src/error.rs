@@ -183,6 +183,13 @@ hot_error! {
 
 hot_error! {
     /// Why [`Sender::send`](crate::Sender::send) did not send.
+    ///
+    /// There is no conversion from [`SendTimeoutError`] (it would have to invent an answer
+    /// for `Timeout`, or panic):
+    ///
+    /// ```compile_fail
+    /// let e: shmq::SendError = shmq::SendTimeoutError::Timeout.into();
+    /// ```
     SendError {
         /// No live receiver is attached.
         Disconnected => "no receiver is attached";
@@ -213,6 +220,13 @@ hot_error! {
 
 hot_error! {
     /// Why [`Receiver::recv`](crate::Receiver::recv) returned no message.
+    ///
+    /// There is no conversion from [`RecvTimeoutError`] (it would have to invent an answer
+    /// for `Timeout`, or panic):
+    ///
+    /// ```compile_fail
+    /// let e: shmq::RecvError = shmq::RecvTimeoutError::Timeout.into();
+    /// ```
     RecvError {
         /// The queue is empty and no live sender is attached.
         Disconnected => "queue is empty and no sender is attached";
@@ -244,11 +258,15 @@ impl From<TrySendError> for SendTimeoutError {
     }
 }
 
-impl From<SendTimeoutError> for SendError {
-    /// For a wait without deadline; `Timeout` cannot happen there.
-    fn from(e: SendTimeoutError) -> Self {
+impl SendError {
+    /// For a wait without deadline, where `Timeout` cannot happen. (Not a public `From`:
+    /// that would have to invent an answer for `Timeout`, or panic, for any caller.)
+    pub(crate) fn untimed(e: SendTimeoutError) -> Self {
         match e {
-            SendTimeoutError::Timeout => unreachable!("a send without deadline timed out"),
+            SendTimeoutError::Timeout => SendError::Failed(Error::new(
+                ErrorKind::Io,
+                "internal error: a send without deadline timed out",
+            )),
             SendTimeoutError::Disconnected => SendError::Disconnected,
             SendTimeoutError::TooLarge { len, max } => SendError::TooLarge { len, max },
             SendTimeoutError::Failed(e) => SendError::Failed(e),
@@ -266,11 +284,15 @@ impl From<TryRecvError> for RecvTimeoutError {
     }
 }
 
-impl From<RecvTimeoutError> for RecvError {
-    /// For a wait without deadline; `Timeout` cannot happen there.
-    fn from(e: RecvTimeoutError) -> Self {
+impl RecvError {
+    /// For a wait without deadline, where `Timeout` cannot happen (see
+    /// [`SendError::untimed`]).
+    pub(crate) fn untimed(e: RecvTimeoutError) -> Self {
         match e {
-            RecvTimeoutError::Timeout => unreachable!("a recv without deadline timed out"),
+            RecvTimeoutError::Timeout => RecvError::Failed(Error::new(
+                ErrorKind::Io,
+                "internal error: a receive without deadline timed out",
+            )),
             RecvTimeoutError::Disconnected => RecvError::Disconnected,
             RecvTimeoutError::Failed(e) => RecvError::Failed(e),
         }

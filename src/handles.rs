@@ -446,6 +446,12 @@ impl Drop for Handle {
     }
 }
 
+/// The deadline `timeout` from now; `None` (no deadline: wait as long as it takes) for a
+/// timeout too large to represent, such as `Duration::MAX`.
+fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// The time-left callback of `wait::block_on` for a deadline: sleeps are capped at the
 /// queue's wait slice, and once per slice of waiting the waiter runs a repair pass itself,
 /// so a dead peer is noticed even when nobody else supervises (and, in `Thread` mode,
@@ -592,17 +598,20 @@ impl Sender {
     /// receiver is attached; `Failed` if shared memory cannot be sized (e.g. `/dev/shm`
     /// full).
     pub fn loan(&self, len: usize) -> Result<Loan, SendError> {
-        self.h.get()?.loan_until(len, None).map_err(SendError::from)
+        self.h
+            .get()?
+            .loan_until(len, None)
+            .map_err(SendError::untimed)
     }
 
     /// Like [`loan`](Self::loan), waiting at most `timeout` for a payload slot.
+    /// A `timeout` too large to represent as a deadline (`Duration::MAX`) waits without
+    /// limit.
     ///
     /// # Errors
     /// `Timeout` if no slot freed up in time; otherwise as [`loan`](Self::loan).
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendTimeoutError> {
-        self.h
-            .get()?
-            .loan_until(len, Some(Instant::now() + timeout))
+        self.h.get()?.loan_until(len, deadline(timeout))
     }
 
     /// Like [`loan`](Self::loan) but never blocks: `Full` if no payload slot is free.
@@ -626,17 +635,20 @@ impl Sender {
     /// # Errors
     /// `Disconnected` if no receiver is attached; `TooLarge`; `Failed` on an OS failure.
     pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
-        self.h.get()?.send_until(msg, None).map_err(SendError::from)
+        self.h
+            .get()?
+            .send_until(msg, None)
+            .map_err(SendError::untimed)
     }
 
     /// Sends a copy of `msg`, waiting at most `timeout` for space.
+    /// A `timeout` too large to represent as a deadline (`Duration::MAX`) waits without
+    /// limit.
     ///
     /// # Errors
     /// `Timeout` if the queue stayed full; otherwise as [`send`](Self::send).
     pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
-        self.h
-            .get()?
-            .send_until(msg, Some(Instant::now() + timeout))
+        self.h.get()?.send_until(msg, deadline(timeout))
     }
 
     /// Sends a copy of `msg` if there is room right now.
@@ -662,7 +674,8 @@ impl Sender {
     }
 
     /// Waits until every message this sender has sent has been acknowledged (its
-    /// [`Message`] dropped by a receiver), at most `timeout` (`None`: no limit). A message
+    /// [`Message`] dropped by a receiver), at most `timeout` (`None`, or a timeout too large
+    /// to represent such as `Duration::MAX`: no limit). A message
     /// redelivered after its first receiver died counts once its second receiver acks it.
     ///
     /// # Errors
@@ -677,7 +690,7 @@ impl Sender {
         let me = p.idx();
         let stamp = sender_word(me, part_gen(p.reg().word));
         let rec = &s.parts[me as usize];
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(deadline);
         // Sleep in 100 ms slices at most: a consumer killed between freeing a slot and
         // waking us leaves no other trace (slots.rs K2).
         let mut left = remaining(q, deadline);
@@ -885,16 +898,18 @@ impl Loan {
     pub fn send(self) -> Result<(), Unsent<SendError>> {
         self.publish_until(None).map_err(|u| Unsent {
             loan: u.loan,
-            error: SendError::from(u.error),
+            error: SendError::untimed(u.error),
         })
     }
 
     /// Sends the message, waiting at most `timeout` for space.
+    /// A `timeout` too large to represent as a deadline (`Duration::MAX`) waits without
+    /// limit.
     ///
     /// # Errors
     /// `Timeout` or `Disconnected`, with the loan handed back.
     pub fn send_timeout(self, timeout: Duration) -> Result<(), Unsent<SendTimeoutError>> {
-        self.publish_until(Some(Instant::now() + timeout))
+        self.publish_until(deadline(timeout))
     }
 
     /// Sends the message if there is room right now.
@@ -992,15 +1007,17 @@ impl Receiver {
     /// `Disconnected` once the queue is empty and no live sender is attached; `Failed` as
     /// in [`try_recv`](Self::try_recv).
     pub fn recv(&self) -> Result<Message, RecvError> {
-        self.h.get()?.recv_until(None).map_err(RecvError::from)
+        self.h.get()?.recv_until(None).map_err(RecvError::untimed)
     }
 
     /// Takes a message, waiting at most `timeout`.
+    /// A `timeout` too large to represent as a deadline (`Duration::MAX`) waits without
+    /// limit.
     ///
     /// # Errors
     /// `Timeout`; otherwise as [`recv`](Self::recv).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
-        self.h.get()?.recv_until(Some(Instant::now() + timeout))
+        self.h.get()?.recv_until(deadline(timeout))
     }
 }
 

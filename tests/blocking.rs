@@ -874,3 +874,31 @@ fn blocked_send_returns_disconnected_when_the_last_receiver_process_is_killed() 
     let _wd = Watchdog::new(TEST, LIMIT);
     blocked_call_sees_a_killed_peer(TEST, false);
 }
+
+/// `Duration::MAX` (Python's `math.inf` will arrive as one) means "no limit" for every
+/// timeout: a call that can go on at once does, one that must wait waits for its peer.
+/// On 2c7ff0e every one of these panicked ("overflow when adding duration to instant").
+#[test]
+fn duration_max_waits_without_limit_and_never_panics() {
+    let _wd = Watchdog::new("duration_max", LIMIT);
+    let (tx, rx) = shmq::Builder::new().capacity(1).create().unwrap();
+    let forever = Duration::MAX;
+    tx.send_timeout(b"a", forever).unwrap();
+    assert_eq!(&*rx.recv_timeout(forever).unwrap(), b"a");
+    let l = tx.loan_timeout(4, forever).unwrap();
+    l.send_timeout(forever).unwrap();
+    drop(rx.recv_timeout(forever).unwrap());
+    tx.wait_for_acks(Some(forever)).unwrap();
+    // Both sides of a wait that must block until the other thread acts.
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send_timeout(b"b", forever).unwrap();
+            tx.send_timeout(b"c", forever).unwrap(); // blocks until "b" is taken
+        });
+        assert_eq!(&*rx.recv_timeout(forever).unwrap(), b"b");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(&*rx.recv_timeout(forever).unwrap(), b"c");
+    });
+    tx.wait_for_acks(Some(forever)).unwrap();
+}
