@@ -111,7 +111,7 @@ pub use handles::{Loan, Message, Receiver, Sender, Unsent};
 #[cfg(not(shmq_loom))]
 pub use queue::{Delivery, Supervision};
 #[cfg(not(shmq_loom))]
-pub use supervisor::{gc, gc_dry_run, Supervisor};
+pub use supervisor::{gc, gc_dry_run, GcReport, Supervisor};
 #[cfg(not(shmq_loom))]
 pub use typed::{CastError, Pod, Zeroable};
 

@@ -400,17 +400,24 @@ pub fn list_queue_names() -> io::Result<Vec<String>> {
 }
 
 /// Removes every segment object of queue `name` (`shmq.<name>.<digits>`).
+/// Tries every one; returns the first failure (one already gone is no failure).
 pub fn unlink_segments(name: &str) -> io::Result<()> {
     let prefix = format!("{PREFIX}{name}.");
+    let mut first = Ok(());
     for e in std::fs::read_dir(SHM_DIR)? {
         let e = e?;
         let n = e.file_name();
         let Some(n) = n.to_str() else { continue };
         if let Some(rest) = n.strip_prefix(&prefix) {
             if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-                unlink(&e.path())?;
+                match unlink(&e.path()) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound && first.is_ok() => {
+                        first = Err(e)
+                    }
+                    _ => {}
+                }
             }
         }
     }
-    Ok(())
+    first
 }

@@ -241,14 +241,6 @@ impl Queue {
             ));
         }
         let g = Geometry::new(o.capacity as u32, slots as u32, o.max_participants as u32);
-        let tmp = std::path::PathBuf::from(format!(
-            "{}/.shmq-new.{name}.{}.{:08x}",
-            os::SHM_DIR,
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let file = LockFile::open(|| os::create_new(&tmp))
-            .map_err(|e| Error::io("cannot create a shared-memory object in /dev/shm", e))?;
         // Removes the temporary name however we leave.
         struct Tmp(std::path::PathBuf);
         impl Drop for Tmp {
@@ -256,9 +248,51 @@ impl Queue {
                 let _ = os::unlink(&self.0);
             }
         }
-        let tmp = Tmp(tmp);
-        os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_RDLCK as libc::c_short)
-            .map_err(|e| Error::io("cannot lock the queue header", e))?;
+        // Create the header under a temporary name and take our shared lifecycle lock on
+        // it. `gc` removes a temporary header it can lock exclusively (its creator died
+        // before linking it), so in the instant between our create and our lock it may
+        // remove ours: then (the lock refused, or the name no longer ours) start over
+        // with a new temporary name. Once we hold the lock, `gc` leaves it alone.
+        let mut attempt = 0;
+        let (file, tmp) = loop {
+            attempt += 1;
+            let path = std::path::PathBuf::from(format!(
+                "{}/.shmq-new.{name}.{}.{:08x}",
+                os::SHM_DIR,
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            let file = match LockFile::open(|| os::create_new(&path)) {
+                Ok(f) => f,
+                // Someone else's name (another thread of ours drew the same number).
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    continue
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot create a shared-memory object in /dev/shm",
+                        e,
+                    ))
+                }
+            };
+            let tmp = Tmp(path);
+            let locked = os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_RDLCK as libc::c_short)
+                .map_err(|e| Error::io("cannot lock the queue header", e))?;
+            let ours = locked
+                && matches!(
+                    (std::fs::metadata(&tmp.0), file.metadata()),
+                    (Ok(a), Ok(b)) if a.ino() == b.ino()
+                );
+            if ours {
+                break (file, tmp);
+            }
+            if attempt >= 100 {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    "cannot create a shared-memory object in /dev/shm: something keeps removing it (100 attempts)",
+                ));
+            }
+        };
         os::size_and_reserve(&file, g.total_size).map_err(|e| {
             Error::io(
                 format!(
@@ -581,7 +615,7 @@ impl Queue {
         // Upgrade our shared lifecycle lock to exclusive: that succeeds only if no other
         // process holds the lock (see `wait_until_last`).
         if self.wait_until_last(Duration::from_secs(5)) {
-            destroy_objects(&self.name, self.ino);
+            destroy_or_report(&self.name, self.ino);
         }
         let _ = os::try_lock(
             &self.probe,
@@ -686,7 +720,7 @@ impl Queue {
         crate::wait::bump(&self.futex, &s.ctl.not_empty);
         crate::wait::bump(&self.futex, &s.ctl.not_full);
         if self.wait_until_last(Duration::from_secs(1)) {
-            destroy_objects(&self.name, self.ino);
+            destroy_or_report(&self.name, self.ino);
         }
         let _ = os::try_lock(
             &self.probe,
@@ -724,11 +758,31 @@ impl Drop for Queue {
 }
 
 /// Unlinks the header of `name` (if it is still inode `ino`) and its segment objects.
-fn destroy_objects(name: &str, ino: u64) {
+///
+/// # Errors
+/// The first failure to unlink (the rest is still attempted): another user's objects in
+/// the sticky `/dev/shm` cannot be removed by us.
+fn destroy_objects(name: &str, ino: u64) -> std::io::Result<()> {
     let path = os::header_path(name);
-    if matches!(std::fs::metadata(&path), Ok(m) if m.ino() == ino) {
-        let _ = os::unlink(&path);
-        let _ = os::unlink_segments(name);
+    if !matches!(std::fs::metadata(&path), Ok(m) if m.ino() == ino) {
+        return Ok(());
+    }
+    let a = match os::unlink(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let b = os::unlink_segments(name);
+    a.and(b)
+}
+
+/// [`destroy_objects`] for the last process out (in a `Drop`, with nobody to return an
+/// error to): a failure is reported on stderr, since the queue would otherwise stay in
+/// `/dev/shm` unnoticed.
+fn destroy_or_report(name: &str, ino: u64) {
+    if let Err(e) = destroy_objects(name, ino) {
+        eprintln!(
+            "shmq: cannot remove queue {name:?} from /dev/shm ({e}); its owner can remove it with `shmq gc --force`"
+        );
     }
 }
 
@@ -933,35 +987,78 @@ pub(crate) fn validate(map: &os::Mapping, len: u64) -> Result<Dims, Error> {
 
 /// Removes the queue `name` if no process is attached to it (only says whether it would,
 /// if `remove` is false). Returns whether it did (would).
+///
+/// # Errors
+/// Why it left `shmq.<name>` alone although it may be no live queue: not a regular file
+/// (a directory, symlink, socket, FIFO: never opened), too short or without our magic
+/// number (`NotAQueue`), not ours to open or lock (`PermissionDenied`), or removing it
+/// failed (another user's file in the sticky `/dev/shm`).
 pub(crate) fn gc_one(name: &str, remove: bool) -> Result<bool, Error> {
     let path = os::header_path(name);
+    let stranger = |what: &str| {
+        Err(Error::new(
+            ErrorKind::NotAQueue,
+            format!("{} {what}; left alone", path.display()),
+        ))
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_file() => {}
+        Ok(m) => return stranger(&format!("is not a regular file (a {})", file_kind(&m))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
+    }
     let file = match os::open_rw(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
     };
-    let len = os::file_len(&file).map_err(|e| Error::io("cannot stat", e))?;
-    if len < std::mem::size_of::<Control>() as u64 {
-        return Ok(false);
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    if !meta.file_type().is_file() {
+        return stranger("is not a regular file");
+    }
+    if meta.len() < std::mem::size_of::<Control>() as u64 {
+        return stranger("is too short to be an shmq queue");
     }
     let map = os::Mapping::new(&file, std::mem::size_of::<Control>() as u64)
-        .map_err(|e| Error::io("cannot map", e))?;
+        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
     // SAFETY: mapped size_of::<Control>() bytes, page-aligned; plain integers.
     let magic = unsafe { (*(map.ptr() as *const Control)).magic };
     if magic != MAGIC {
-        return Ok(false); // not ours: leave it alone
+        return stranger("is not an shmq queue (no magic number)");
     }
-    let ino = file
-        .metadata()
-        .map_err(|e| Error::io("cannot stat", e))?
-        .ino();
-    if os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_WRLCK as libc::c_short)
-        .map_err(|e| Error::io("cannot lock", e))?
+    if !os::try_lock(&file, os::LIFECYCLE_BYTE, libc::F_WRLCK as libc::c_short)
+        .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?
     {
-        if remove {
-            destroy_objects(name, ino);
-        }
-        return Ok(true);
+        return Ok(false); // a live process is attached
     }
-    Ok(false)
+    if remove {
+        destroy_objects(name, meta.ino()).map_err(|e| {
+            Error::io(
+                format!("cannot remove {} or its segments", path.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(true)
+}
+
+/// What kind of file `m` describes, for messages.
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
 }

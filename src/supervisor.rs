@@ -396,37 +396,53 @@ impl Supervisor {
     }
 }
 
+/// What [`gc`] did: the queues it removed (or, from [`gc_dry_run`], would remove), and
+/// every entry named like a queue that it left alone, with why (not a regular file, not a
+/// queue, another user's, a removal that failed). One such entry never stops the rest.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Names of the queues removed (would be removed).
+    pub removed: Vec<String>,
+    /// Names left alone, each with the reason.
+    pub skipped: Vec<(String, Error)>,
+}
+
 /// Removes every queue in `/dev/shm` that no live process is attached to, with its payload
-/// segments, and stale half-created headers. Returns the names of the queues removed.
+/// segments, and stale half-created headers. Entries it cannot open, lock or remove, and
+/// files named like a queue that are not one, are skipped and listed in the report.
 ///
 /// # Errors
-/// If `/dev/shm` cannot be read.
-pub fn gc() -> Result<Vec<String>, Error> {
+/// Only if `/dev/shm` cannot be listed.
+pub fn gc() -> Result<GcReport, Error> {
     gc_impl(true)
 }
 
-/// The queues [`gc`] would remove now, removing nothing.
+/// What [`gc`] would do now, removing nothing.
 ///
 /// # Errors
 /// If `/dev/shm` cannot be read.
-pub fn gc_dry_run() -> Result<Vec<String>, Error> {
+pub fn gc_dry_run() -> Result<GcReport, Error> {
     gc_impl(false)
 }
 
-fn gc_impl(remove: bool) -> Result<Vec<String>, Error> {
-    let mut removed = Vec::new();
+fn gc_impl(remove: bool) -> Result<GcReport, Error> {
+    let mut r = GcReport::default();
     for name in crate::os::list_queue_names().map_err(|e| Error::io("cannot list /dev/shm", e))? {
-        if crate::queue::gc_one(&name, remove)? {
-            removed.push(name);
+        match crate::queue::gc_one(&name, remove) {
+            Ok(true) => r.removed.push(name),
+            Ok(false) => {}
+            Err(e) => r.skipped.push((name, e)),
         }
     }
     if !remove {
-        return Ok(removed);
+        return Ok(r);
     }
-    // Half-created headers whose creator died before linking them.
+    // Half-created headers whose creator died before linking them (a live creator holds
+    // its lock from just after creating one, and starts over if we got there first).
     if let Ok(rd) = std::fs::read_dir(crate::os::SHM_DIR) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".shmq-new.") {
+            let regular = e.file_type().is_ok_and(|t| t.is_file());
+            if regular && e.file_name().to_string_lossy().starts_with(".shmq-new.") {
                 if let Ok(f) = crate::os::open_rw(&e.path()) {
                     if let Ok(true) = crate::os::try_lock(
                         &f,
@@ -439,5 +455,5 @@ fn gc_impl(remove: bool) -> Result<Vec<String>, Error> {
             }
         }
     }
-    Ok(removed)
+    Ok(r)
 }

@@ -210,16 +210,20 @@ fn inspect(args: &[String]) -> Result<(), String> {
 
 fn gc(args: &[String]) -> Result<(), String> {
     let force = args.iter().any(|a| a == "--force");
-    let names = if force {
+    let report = if force {
         shmq::gc()
     } else {
         shmq::gc_dry_run()
     }
     .map_err(|e| e.to_string())?;
-    if names.is_empty() {
+    let names = &report.removed;
+    for (n, why) in &report.skipped {
+        println!("skipped {n}: {why}");
+    }
+    if names.is_empty() && report.skipped.is_empty() {
         println!("nothing to remove: every queue has a live process attached");
     }
-    for n in &names {
+    for n in names {
         println!("{} {n}", if force { "removed" } else { "would remove" });
     }
     if !force && !names.is_empty() {
