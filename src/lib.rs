@@ -111,6 +111,8 @@ pub use handles::{Loan, Message, Receiver, Sender, Unsent};
 #[cfg(not(shmq_loom))]
 pub use queue::{Delivery, Supervision};
 #[cfg(not(shmq_loom))]
+pub use segment::MAX_MESSAGE_SIZE;
+#[cfg(not(shmq_loom))]
 pub use supervisor::{gc, gc_dry_run, GcReport, Supervisor};
 #[cfg(not(shmq_loom))]
 pub use typed::{CastError, Pod, Zeroable};
@@ -185,11 +187,14 @@ impl Builder {
         self
     }
 
-    /// The largest message, in bytes.
+    /// The largest message, in bytes: 1 to [`MAX_MESSAGE_SIZE`]. Raises
+    /// [`max_payload_bytes`](Self::max_payload_bytes) if it is below what one message of
+    /// this size occupies (the size rounded up to a page).
     pub fn max_message_size(mut self, bytes: u64) -> Self {
         self.create.max_message_size = bytes;
-        if self.create.max_payload_bytes < bytes {
-            self.create.max_payload_bytes = bytes;
+        let need = segment::segment_size_for(bytes);
+        if self.create.max_payload_bytes < need {
+            self.create.max_payload_bytes = need;
         }
         self
     }
@@ -202,6 +207,8 @@ impl Builder {
     /// `max_message_size` rounded up to a page). So `n` messages of size `m` in flight
     /// need about `n × next_power_of_two(max(m, 4 KiB))`; a bound below what your
     /// consumers hold at once makes producers (and a consumer waiting for more) wait.
+    /// It must be at least `max_message_size` rounded up to a page (unless messages are
+    /// at most 192 bytes), or `create` says `InvalidArgument`.
     pub fn max_payload_bytes(mut self, bytes: u64) -> Self {
         self.create.max_payload_bytes = bytes;
         self

@@ -234,9 +234,17 @@ impl Queue {
                 o.max_deliveries
             ));
         }
-        if o.max_payload_bytes < o.max_message_size {
+        let max_msg = crate::segment::MAX_MESSAGE_SIZE;
+        if o.max_message_size == 0 || o.max_message_size > max_msg {
             return bad(format!(
-                "max_payload_bytes ({}) must be at least max_message_size ({})",
+                "max_message_size must be between 1 and {max_msg} bytes, not {}",
+                o.max_message_size
+            ));
+        }
+        let need = crate::segment::segment_size_for(o.max_message_size);
+        if o.max_payload_bytes < need {
+            return bad(format!(
+                "max_payload_bytes ({}) must be at least {need}: a message of max_message_size ({}) bytes occupies a segment of {need} bytes (whole pages; messages up to {INLINE_BYTES} bytes need none)",
                 o.max_payload_bytes, o.max_message_size
             ));
         }
@@ -966,7 +974,10 @@ pub(crate) fn validate(map: &os::Mapping, len: u64) -> Result<Dims, Error> {
             ),
         ));
     }
-    if c.max_message_size == 0 || c.max_payload_bytes < c.max_message_size {
+    if c.max_message_size == 0
+        || c.max_message_size > crate::segment::MAX_MESSAGE_SIZE
+        || c.max_payload_bytes < crate::segment::segment_size_for(c.max_message_size)
+    {
         return Err(Error::corrupt("queue header has impossible size limits"));
     }
     if c.max_deliveries == 0 || c.max_deliveries > layout::MAX_DELIVERIES {

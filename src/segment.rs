@@ -153,7 +153,7 @@ impl Segments {
                 return Ok(seg);
             }
         }
-        let cap = max_message.div_ceil(4096) * 4096;
+        let cap = segment_size_for(max_message);
         let class = need
             .next_power_of_two()
             .clamp(4096, cap.max(4096))
@@ -231,6 +231,22 @@ pub fn pool_bytes(q: &Shared<'_>) -> u64 {
         .iter()
         .map(|r| r.seg_size.load(Relaxed))
         .fold(0u64, u64::saturating_add)
+}
+
+/// The largest `max_message_size` a queue may have: 1 TiB (far above any `/dev/shm`; it
+/// keeps every size computation far from overflow).
+pub const MAX_MESSAGE_SIZE: u64 = 1 << 40;
+
+/// The segment a message of up to `max_message` bytes may need at most: `max_message`
+/// rounded up to a whole page (at least one), or 0 if it travels inline. A queue's
+/// `max_payload_bytes` must be at least this, or its largest messages could never be sent.
+/// (`Segments::for_write` sizes segments by powers of two, capped at this.)
+pub fn segment_size_for(max_message: u64) -> u64 {
+    if is_inline(max_message) {
+        0
+    } else {
+        max_message.min(MAX_MESSAGE_SIZE).div_ceil(4096) * 4096
+    }
 }
 
 /// Whether a payload of `len` bytes is carried inline in the slot record.
