@@ -258,6 +258,7 @@ impl From<TrySendError> for SendTimeoutError {
     }
 }
 
+#[cfg_attr(shmq_loom, allow(dead_code))]
 impl SendError {
     /// For a wait without deadline, where `Timeout` cannot happen. (Not a public `From`:
     /// that would have to invent an answer for `Timeout`, or panic, for any caller.)
@@ -284,6 +285,7 @@ impl From<TryRecvError> for RecvTimeoutError {
     }
 }
 
+#[cfg_attr(shmq_loom, allow(dead_code))]
 impl RecvError {
     /// For a wait without deadline, where `Timeout` cannot happen (see
     /// [`SendError::untimed`]).
