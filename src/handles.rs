@@ -561,7 +561,9 @@ handle_common!(Receiver, Role::Receiver, "receiver");
 // ---------------------------------------------------------------------------------------
 // Sender
 
-/// The sending side of a queue. Each clone is a participant of its own.
+/// The sending side of a queue. Each clone is a participant of its own: `clone` panics if
+/// every participant record of the queue is taken, [`try_clone`](Self::try_clone) returns
+/// the error (`TooManyParticipants`) instead.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -977,7 +979,8 @@ impl Drop for Loan {
 // Receiver
 
 /// The receiving side of a queue. Each message goes to exactly one receiver; each clone
-/// is a participant of its own.
+/// is a participant of its own: `clone` panics if every participant record of the queue is
+/// taken, [`try_clone`](Self::try_clone) returns the error instead.
 pub struct Receiver {
     h: Handle,
 }
