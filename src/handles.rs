@@ -207,7 +207,7 @@ impl Participant {
         let me = self.idx();
         // (The hint is read once more inside; this test only spares the common case the
         // cursor's read-modify-write.)
-        if s.ctl.counters.orphans.load(Relaxed) != 0 {
+        if crate::layout::hint_count(s.ctl.counters.orphans.load(Relaxed)) != 0 {
             let mut skipped = crate::queue::lock(&self.skipped);
             if !skipped.is_empty() {
                 let now = Instant::now();

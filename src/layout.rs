@@ -43,8 +43,9 @@ use crate::sync::{AtomicU32, AtomicU64, UnsafeCell};
 /// `"SHMQueue"` in little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQueue");
 /// Bumped on any change to this file's layout or word packing (2: `max_deliveries`,
-/// `dead_letters`, the slot's storage `kind` and delivery count, the ORPHAN word's count).
-pub const LAYOUT_VERSION: u32 = 2;
+/// `dead_letters`, the slot's storage `kind` and delivery count, the ORPHAN word's count;
+/// 3: the `orphans` hint's version, `PartRec::id_check`).
+pub const LAYOUT_VERSION: u32 = 3;
 /// The value of `Control::init` once the header is complete.
 pub const INIT_READY: u32 = 0x5944_4552; // "REDY"
 
@@ -156,7 +157,11 @@ pub struct Control {
 pub struct Counters {
     /// Bumped after every registration and every release of a participant record.
     pub roster_epoch: AtomicU64,
-    /// Upper-bound hint of the number of ORPHAN slots (receivers scan while non-zero).
+    /// Upper-bound hint of the number of ORPHAN slots (receivers scan while non-zero):
+    /// the count in the low 32 bits ([`hint_count`]), and in the high 32 bits a version
+    /// that every raise ([`HINT_RAISE`]) and every reset bumps, so that a receiver's reset
+    /// of a stale hint fails if anything was orphaned since it read the hint, and a
+    /// claimer's decrement does not outlive a reset (see `slots::claim_orphan`).
     pub orphans: AtomicU64,
     /// The recovery lease: 0 = free, else a participant's [`lease_word`].
     pub lease: AtomicU64,
@@ -190,8 +195,12 @@ pub struct PartRec {
     pub pid_ns: AtomicU64,
     /// Non-zero while the owner sleeps (or is about to) in `wait_for_acks`.
     pub ack_waiting: AtomicU64,
+    /// [`id_check`] of `pid`, `start_time`, `pid_ns` and the record's generation, written
+    /// with them: a liveness check that finds it wrong (the identity scribbled over, or
+    /// torn) does not judge by the pid.
+    pub id_check: AtomicU64,
     /// Reserved, zero.
-    pub reserved0: [AtomicU64; 3],
+    pub reserved0: [AtomicU64; 2],
     // ---- second 64-byte line: written by the owner on every send, read by nobody
     // on the hot path (kept apart from `ack_waiting`, which every ack reads) ----
     /// Messages this sender committed (written by the owner only; a statistic).
@@ -408,6 +417,26 @@ pub fn slot_state(w: u64) -> Option<SlotState> {
 pub fn slot_owner(w: u64) -> u16 {
     w as u16
 }
+/// The check word of a participant's identity (`PartRec::id_check`): a mix of its fields
+/// and the record generation `gen` (so a stale identity of an earlier owner never checks).
+pub fn id_check(pid: u32, start_time: u64, pid_ns: u64, gen: u32) -> u64 {
+    let mut h = 0x9E37_79B9_7F4A_7C15u64 ^ (u64::from(pid) << 32 | u64::from(gen));
+    for v in [start_time, pid_ns] {
+        h = (h ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^= h >> 31;
+    }
+    h
+}
+
+/// What a raise of the `orphans` hint adds: one to the count, one to the version.
+pub const HINT_RAISE: u64 = 1 | 1 << 32;
+
+/// The count of an `orphans` hint word.
+#[inline]
+pub fn hint_count(h: u64) -> u64 {
+    h & 0xFFFF_FFFF
+}
+
 /// `ORPHAN(gen, n)`: a message of generation `gen` delivered `n` times, waiting for
 /// redelivery. The count rides in the owner field (an ORPHAN slot has no owner), so the
 /// hand-back and the count are one CAS.

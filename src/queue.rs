@@ -462,11 +462,18 @@ impl Queue {
             Err(_) => return false, // cannot tell: never judge dead on doubt
         }
         let ns = rec.pid_ns.load(Ordering::Relaxed);
+        let pid = rec.pid.load(Ordering::Relaxed);
+        let start = rec.start_time.load(Ordering::Relaxed);
+        // The identity must be the one its owner wrote for this very generation of the
+        // record: a process scribbling over the header (or a torn read) must not get a
+        // live participant, whose lock is held, judged dead by a made-up pid.
+        let check = rec.id_check.load(Ordering::Relaxed);
+        if check != layout::id_check(pid, start, ns, part_gen(w)) {
+            return false;
+        }
         if ns == 0 || !matches!(os::pid_namespace(), Ok(mine) if mine == ns) {
             return false;
         }
-        let pid = rec.pid.load(Ordering::Relaxed);
-        let start = rec.start_time.load(Ordering::Relaxed);
         if start == 0 {
             return false; // recorded without a start time: the pid alone proves nothing
         }

@@ -171,9 +171,9 @@ pub fn recover(q: &Shared<'_>, d: u16, active: u64, dead: bool) -> Report {
 /// itself at the next empty scan.
 pub fn heal_orphan_hint(q: &Shared<'_>) {
     let n = crate::slots::census(q)[SlotState::Orphan as usize];
-    let h = q.ctl.counters.orphans.load(Acquire);
+    let h = crate::layout::hint_count(q.ctl.counters.orphans.load(Acquire));
     if n > h {
-        q.ctl.counters.orphans.fetch_add(n - h, AcqRel);
+        crate::slots::raise_orphan_hint(q, n - h);
         q.ctl.not_empty.fetch_add(1, Release);
     }
 }

@@ -53,6 +53,10 @@ pub fn register(q: &Shared<'_>, idx: u16, role: Role, id: Identity) -> Result<u6
     rec.pid.store(id.pid, Relaxed);
     rec.start_time.store(id.start_time, Relaxed);
     rec.pid_ns.store(id.pid_ns, Relaxed);
+    rec.id_check.store(
+        crate::layout::id_check(id.pid, id.start_time, id.pid_ns, part_gen(w)),
+        Relaxed,
+    );
     rec.sent.store(0, Relaxed);
     rec.ack_waiting.store(0, Relaxed);
     let active = part_active(part_gen(w), role);

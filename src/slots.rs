@@ -39,8 +39,8 @@
 //! so the consumer's reads of the payload happen before the next producer's writes.
 
 use crate::layout::{
-    orphan_count, slot_freed, slot_gen, slot_orphan, slot_owner, slot_state, slot_word, Shared,
-    SlotState, MAX_DELIVERIES, POS_NONE,
+    hint_count, orphan_count, slot_freed, slot_gen, slot_orphan, slot_owner, slot_state, slot_word,
+    Shared, SlotState, HINT_RAISE, MAX_DELIVERIES, POS_NONE,
 };
 use crate::sync::mutation::{self, Mutation};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
@@ -258,7 +258,7 @@ pub fn give_up(q: &Shared<'_>, s: u32, w: u64, delivered: bool) -> GaveUp {
         return GaveUp::Gone;
     }
     crate::fault::point("giveup.orphaned");
-    q.ctl.counters.orphans.fetch_add(1, AcqRel);
+    raise_orphan_hint(q, 1);
     GaveUp::Orphaned
 }
 
@@ -298,7 +298,7 @@ pub fn claim_orphan(
     mut skip: impl FnMut(u32, u64) -> bool,
 ) -> Option<(u32, u64, u64)> {
     let hint = q.ctl.counters.orphans.load(Acquire);
-    if hint == 0 {
+    if hint_count(hint) == 0 {
         return None;
     }
     let n = q.slots.len();
@@ -324,33 +324,65 @@ pub fn claim_orphan(
             // O2: the count of this delivery (owner-only while HELD; see `give_up`).
             let count = (orphan_count(w) + 1).min(MAX_DELIVERIES as u64);
             q.slots[s].deliveries.store(count, Relaxed);
-            // O3: saturating decrement of the hint.
-            let mut c = q.ctl.counters.orphans.load(Relaxed);
-            while c > 0 {
-                match q
-                    .ctl
-                    .counters
-                    .orphans
-                    .compare_exchange(c, c - 1, AcqRel, Relaxed)
-                {
-                    Ok(_) => break,
-                    Err(now) => c = now,
-                }
-            }
+            // O3.
+            lower_orphan_hint(q, hint);
             return Some((s as u32, held, count));
         }
     }
-    // Nothing found: the hint is stale. Reset it unless it changed meanwhile (recovery
-    // raises it *after* it makes a slot ORPHAN, so an orphaning our scan missed raised it
+    // Nothing found: the hint is stale. Reset its count unless it changed meanwhile (every
+    // orphaning raises it *after* it makes a slot ORPHAN, so one our scan missed raised it
     // after our load, and this CAS fails) or we passed over orphans that are still there.
+    // The version makes "changed meanwhile" exact: without it, a raise and a claimer's
+    // decrement in between would bring the word back to `hint` (an ABA). The reset bumps
+    // the version too, so that a claimer that read the hint before it does not then
+    // decrement the count of an orphaning that came after it (`lower_orphan_hint`).
     if !skipped {
+        let next = if mutation::on(Mutation::HintWithoutVersion) {
+            hint & !0xFFFF_FFFF
+        } else {
+            (hint & !0xFFFF_FFFF).wrapping_add(HINT_RAISE - 1)
+        };
         let _ = q
             .ctl
             .counters
             .orphans
-            .compare_exchange(hint, 0, AcqRel, Relaxed);
+            .compare_exchange(hint, next, AcqRel, Relaxed);
     }
     None
+}
+
+/// O3: a claimer of an ORPHAN slot, which read the hint as `seen` before its claim,
+/// lowers the hint's count by one, unless the version moved since `seen`. A moved
+/// version means a reset (which zeroed the count our claim was part of: lowering it again
+/// could take away the count of an orphaning that came after the reset and hide it) or a
+/// raise (harmless to lower, but not told apart); skipping leaves the count too high,
+/// which the next receiver that scans and finds nothing resets. (Loom:
+/// `orphan_hint_reset_beside_a_raise`, negative control `Mutation::HintWithoutVersion`.)
+pub fn lower_orphan_hint(q: &Shared<'_>, seen: u64) {
+    let versioned = !mutation::on(Mutation::HintWithoutVersion);
+    let mut c = q.ctl.counters.orphans.load(Relaxed);
+    while hint_count(c) > 0 && (!versioned || c >> 32 == seen >> 32) {
+        match q
+            .ctl
+            .counters
+            .orphans
+            .compare_exchange(c, c - 1, AcqRel, Relaxed)
+        {
+            Ok(_) => break,
+            Err(now) => c = now,
+        }
+    }
+}
+
+/// Raises the `orphans` hint's count by `n` and bumps its version (the version not under
+/// `Mutation::HintWithoutVersion`).
+pub fn raise_orphan_hint(q: &Shared<'_>, n: u64) {
+    let add = if mutation::on(Mutation::HintWithoutVersion) {
+        n
+    } else {
+        n + (HINT_RAISE - 1)
+    };
+    q.ctl.counters.orphans.fetch_add(add, AcqRel);
 }
 
 /// Counts slots by state: `[free, loaned, held, orphan]` (a racy snapshot).

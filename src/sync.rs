@@ -296,6 +296,10 @@ pub mod mutation {
         /// it did before: a second runner then wipes the `pos` of a producer that
         /// published the reused slot at the very position the dead one left open.
         ResetUncommittedPos = 128,
+        /// slots.rs: the `orphans` hint without its version (raises and resets leave it,
+        /// claimers decrement whatever they find), as before issue 12: a reset between a
+        /// claim and its decrement, then an orphaning, and the decrement hides the orphan.
+        HintWithoutVersion = 256,
     }
 
     #[cfg(shmq_loom)]

@@ -277,3 +277,47 @@ fn every_configuration_is_rejected_or_sends_every_size_up_to_its_maximum() {
         "{accepted} accepted, {rejected} rejected"
     );
 }
+
+/// A process scribbles a made-up pid into a live sender's participant record (whose
+/// liveness lock its owner still holds). A repair pass must not recover it: a pid that
+/// does not match the identity check its owner wrote proves nothing. (On 8531b13 the
+/// pid, "gone" in `/proc`, got the live sender recovered: `run_once` returned 1 and the
+/// sender's next send said `Disconnected`.)
+#[test]
+fn a_scribbled_pid_does_not_get_a_live_participant_recovered() {
+    use std::os::unix::fs::FileExt;
+    let _wd = Watchdog::new("scribbled_pid", LIMIT);
+    let g = ShmGuard::new("scribble");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(2)
+        .supervision(shmq::Supervision::Manual)
+        .create()
+        .unwrap();
+    let info = shmq::info::inspect(g.name()).unwrap();
+    let me = std::process::id();
+    let senders: Vec<u16> = info
+        .participants
+        .iter()
+        .filter(|p| p.role == "sender" && p.pid == me)
+        .map(|p| p.index)
+        .collect();
+    assert_eq!(senders.len(), 1, "{:?}", info.participants);
+    // PartRec i is at 1024 + 128 i; its pid is the u32 at offset 8 (layout.rs).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.header_path())
+        .unwrap();
+    let off = 1024 + 128 * u64::from(senders[0]) + 8;
+    f.write_all_at(&0x3FFF_FFF0u32.to_ne_bytes(), off).unwrap();
+    let sup = shmq::Supervisor::open(g.name()).unwrap();
+    assert_eq!(
+        sup.run_once().unwrap(),
+        0,
+        "a live participant with a scribbled pid was recovered"
+    );
+    tx.send(b"still here").unwrap();
+    assert_eq!(&*rx.recv().unwrap(), b"still here");
+    drop((sup, tx, rx));
+    g.assert_clean();
+}

@@ -1964,3 +1964,90 @@ impl Futex for LoomFutex {
 
 /// The payload size the models use fits inline.
 const _: () = assert!(INLINE_BYTES >= 1);
+
+/// A receiver's reset of a stale `orphans` hint beside an orphaning and another claimer's
+/// decrement (issue 12: the hint's ABA).
+///
+/// Before the threads start: X holds `0x01` (slot 0); B holds `0x02` (slot 1) and the
+/// hint's count is 1, the state of a claimer B that took an orphan (O1) and has not yet
+/// lowered the hint (O3). Threads: A looks for an orphan from slot 0 (`claim_orphan`:
+/// finding none, it resets the hint); X gives its message up (ORPHAN, then the raise); B
+/// lowers the hint and acks. Loom found (with the version bumped by raises only): A loads
+/// the hint (count 1: B's claim), scans while X and B still hold their slots, finds
+/// nothing and resets the count to 0; X orphans slot 0 and raises the count to 1; B's
+/// decrement for its earlier claim takes it back to 0: X's orphan is hidden until the
+/// next repair pass. Without any version, the ABA (a raise and a decrement between A's
+/// load and its reset) hides it the same way.
+///
+/// Checks: no ORPHAN slot is left with the hint's count at 0; `0x01` is received exactly
+/// once (by A or by the drain after), `0x02` acked by B; every slot FREE at the end.
+pub fn orphan_hint_reset_beside_a_raise() {
+    use shmq::layout::hint_count;
+    use std::sync::Arc;
+    let hq = Arc::new(queue(2, 2, false));
+    let (tx, x, b, a, main) = {
+        let q = hq.shared();
+        (
+            register(&q, 1, Role::Sender),
+            register(&q, 2, Role::Receiver),
+            register(&q, 3, Role::Receiver),
+            register(&q, 4, Role::Receiver),
+            register(&q, 5, Role::Receiver),
+        )
+    };
+    let (gx, gb, b_seen) = {
+        let q = hq.shared();
+        send(&q, &tx, 0x01).expect("send 0x01");
+        send(&q, &tx, 0x02).expect("send 0x02");
+        let gx = claim_and_read(&q, x.idx).expect("X claims 0x01");
+        let gb = claim_and_read(&q, b.idx).expect("B claims 0x02");
+        assert_eq!((gx.value, gb.value), (0x01, 0x02));
+        slots::raise_orphan_hint(&q, 1); // B's claim before its O3
+                                         // What B read of the hint before its claim (O1).
+        let seen = q.ctl.counters.orphans.load(Relaxed);
+        (gx, gb, seen)
+    };
+    let hx = hq.clone();
+    let tx_ = loom::thread::spawn(move || {
+        let q = hx.shared();
+        let r = slots::give_up(&q, gx.claimed.slot, gx.claimed.word, true);
+        assert_eq!(r, slots::GaveUp::Orphaned);
+    });
+    let hb = hq.clone();
+    let tb = loom::thread::spawn(move || {
+        let q = hb.shared();
+        slots::lower_orphan_hint(&q, b_seen);
+        ack(&q, &gb);
+    });
+    let a_got = {
+        let q = hq.shared();
+        slots::claim_orphan(&q, a.idx, 0, |_, _| false).map(|(s, w, _)| {
+            let v = read(&q, s);
+            assert!(slots::ack(&q, s, w).is_some(), "A's ack failed");
+            v
+        })
+    };
+    tx_.join().unwrap();
+    tb.join().unwrap();
+    let q = hq.shared();
+    let orphans = slots::census(&q)[SlotState::Orphan as usize];
+    let h = q.ctl.counters.orphans.load(Relaxed);
+    assert!(
+        orphans == 0 || hint_count(h) > 0,
+        "{orphans} ORPHAN slot(s) left with the hint's count at 0 (hint word {h:#x}, A got \
+         {a_got:?}): hidden until the next repair pass; now {}",
+        dump(&q)
+    );
+    let mut drained = Vec::new();
+    while let Some(g) = claim_orphan_and_read(&q, main.idx) {
+        ack(&q, &g);
+        drained.push(g.value);
+    }
+    let n01 = usize::from(a_got == Some(0x01)) + drained.iter().filter(|&&v| v == 0x01).count();
+    assert_eq!(
+        n01, 1,
+        "0x01 received {n01} times (A {a_got:?}, drain {drained:?})"
+    );
+    assert!(a_got.is_none() || a_got == Some(0x01), "A got {a_got:?}");
+    assert_all_free(&q);
+}

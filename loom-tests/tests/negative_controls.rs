@@ -228,3 +228,19 @@ fn a_trimmer_that_uses_a_free_slot_without_taking_it_overlaps_an_allocation() {
     let k = unmutated(|| c.steps());
     must_fail(None, "trimming without taking the slot", move || c.run(k));
 }
+
+#[test]
+fn without_the_hints_version_a_stale_reset_hides_an_orphan() {
+    // `HintWithoutVersion` (issue 12, the hint's ABA): A loads the hint (count 1), passes
+    // slot 0 while X holds it; X orphans it and raises the count to 2; B's decrement
+    // brings it back to 1; A's reset CAS 1 -> 0 succeeds: X's orphan is hidden.
+    let why = must_fail(
+        Some(Mutation::HintWithoutVersion),
+        "HintWithoutVersion",
+        shmq_loom_tests::orphan_hint_reset_beside_a_raise,
+    );
+    assert!(
+        why.contains("left with the hint's count at 0"),
+        "failed for another reason: {why}"
+    );
+}

@@ -6,7 +6,9 @@
 use loom::sync::atomic::Ordering::{AcqRel, Relaxed};
 use shmq::layout::{slot_freed, slot_gen, slot_word, SlotState};
 use shmq::slots;
-use shmq_loom_tests::{assert_all_free, model, queue, sweep_points, TrimRace};
+use shmq_loom_tests::{
+    assert_all_free, model, orphan_hint_reset_beside_a_raise, queue, sweep_points, TrimRace,
+};
 use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
@@ -129,4 +131,12 @@ fn trimming_racing_an_allocation_never_shares_a_slot_and_a_killed_trimmer_leaks_
         c.run(k)
     });
     eprintln!("trimming racing an allocation: {n} crash points");
+}
+
+#[test]
+fn a_stale_hint_reset_never_hides_an_orphan_made_meanwhile() {
+    // See `orphan_hint_reset_beside_a_raise`; its negative control (no version in the
+    // hint) is in negative_controls.rs.
+    let n = model(orphan_hint_reset_beside_a_raise);
+    eprintln!("orphan hint reset: {n} executions");
 }
