@@ -145,7 +145,10 @@ pub fn inspect(name: &str) -> Result<QueueInfo, Error> {
         tail: q.ctl.tail.load(Relaxed),
         depth: crate::ring::len(&q) + slot_states[SlotState::Orphan as usize],
         slot_states,
-        payload_bytes: crate::segment::pool_bytes(&q),
+        payload_bytes: crate::segment::pool_bytes(
+            &q,
+            crate::segment::segment_size_for(dims.max_message_size),
+        ),
         header_bytes: dims.geometry.total_size,
         lease_holder: (lease != 0).then(|| crate::layout::lease_idx(lease)),
         recoveries: c.recoveries.load(Relaxed),

@@ -158,11 +158,11 @@ impl Segments {
             .next_power_of_two()
             .clamp(4096, cap.max(4096))
             .max(need);
-        let old = rec.seg_size.load(Relaxed);
+        let old = rec.seg_size.load(Relaxed).min(cap);
         let extra = class.saturating_sub(old);
-        if pool_bytes(q).saturating_add(extra) > max_pool {
-            self.trim(q, s, me, extra, max_pool);
-            if pool_bytes(q).saturating_add(extra) > max_pool {
+        if pool_bytes(q, cap).saturating_add(extra) > max_pool {
+            self.trim(q, s, me, extra, max_pool, cap);
+            if pool_bytes(q, cap).saturating_add(extra) > max_pool {
                 return Err(GrowError::PoolFull);
             }
         }
@@ -195,9 +195,9 @@ impl Segments {
 
     /// Shrinks FREE slots' segments to zero until `extra` more bytes fit under `max_pool`.
     /// Each victim is taken like any allocation (FREE -> LOANED by `me`), emptied, freed.
-    fn trim(&self, q: &Shared<'_>, keep: u32, me: u16, extra: u64, max_pool: u64) {
+    fn trim(&self, q: &Shared<'_>, keep: u32, me: u16, extra: u64, max_pool: u64, cap: u64) {
         for (i, rec) in q.slots.iter().enumerate() {
-            if pool_bytes(q).saturating_add(extra) <= max_pool {
+            if pool_bytes(q, cap).saturating_add(extra) <= max_pool {
                 return;
             }
             if i as u32 == keep || rec.seg_size.load(Relaxed) == 0 {
@@ -225,11 +225,15 @@ impl Segments {
     }
 }
 
-/// Bytes of all payload segments as recorded in the slot table.
-pub fn pool_bytes(q: &Shared<'_>) -> u64 {
+/// Bytes of all payload segments as recorded in the slot table, each record taken as at
+/// most `cap` (`segment_size_for(max_message_size)`: no segment grows beyond it). A size
+/// scribbled over a record therefore cannot make the pool look full for good (the slot's
+/// next owner resizes the object and rewrites the record; `for_read` checks the object's
+/// real size before it maps anything).
+pub fn pool_bytes(q: &Shared<'_>, cap: u64) -> u64 {
     q.slots
         .iter()
-        .map(|r| r.seg_size.load(Relaxed))
+        .map(|r| r.seg_size.load(Relaxed).min(cap))
         .fold(0u64, u64::saturating_add)
 }
 

@@ -321,3 +321,46 @@ fn a_scribbled_pid_does_not_get_a_live_participant_recovered() {
     drop((sup, tx, rx));
     g.assert_clean();
 }
+
+/// A process scribbles a huge `seg_size` over the slot records while a receiver holds a
+/// segment message (so its slot cannot be trimmed back). Senders must still send: the
+/// pool accounting trusts no recorded size above what one message can occupy. (On
+/// a31acad every later segment send said `Full`: the pool counted 2^50 bytes.)
+#[test]
+fn a_scribbled_segment_size_does_not_fill_the_payload_pool() {
+    use std::os::unix::fs::FileExt;
+    let _wd = Watchdog::new("scribbled_seg_size", LIMIT);
+    let g = ShmGuard::new("segsize");
+    const MAX: u64 = 64 << 10;
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(4)
+        .slots(8)
+        .max_participants(4)
+        .max_message_size(MAX)
+        .max_payload_bytes(1 << 20)
+        .supervision(shmq::Supervision::Manual)
+        .create()
+        .unwrap();
+    tx.send(&vec![7u8; MAX as usize]).unwrap();
+    let held = rx.recv().unwrap();
+    // Slot records: 256 bytes each from slots_off (layout.rs Geometry::new: parts at 1024,
+    // 128 bytes per participant, then 8 per cell, rounded up to 256); seg_size at +32.
+    let slots_off = (1024 + 128 * 4 + 8 * 4u64).div_ceil(256) * 256;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.header_path())
+        .unwrap();
+    for s in 0..8u64 {
+        f.write_all_at(&(1u64 << 50).to_ne_bytes(), slots_off + 256 * s + 32)
+            .unwrap();
+    }
+    for i in 0..20u8 {
+        let r = tx.send_timeout(&vec![i; MAX as usize / 2], Duration::from_secs(5));
+        assert!(r.is_ok(), "send {i} after the scribble: {r:?}");
+        assert_eq!(rx.recv().unwrap()[0], i);
+    }
+    assert!(held.iter().all(|&b| b == 7));
+    drop((held, tx, rx));
+    g.assert_clean();
+}
