@@ -55,7 +55,17 @@ pub struct QueueInfo {
     pub discarded: u64,
     /// Every taken participant record.
     pub participants: Vec<ParticipantInfo>,
+    /// Words of the queue's memory that no correct participant writes, each naming the
+    /// structure and where: empty for a healthy queue. A queue with problems answers
+    /// `Corrupt` where a participant meets them; see [`RECOVER_ADVICE`].
+    pub problems: Vec<String>,
 }
+
+/// What to do with a queue whose memory is corrupt (printed by `shmq inspect`).
+pub const RECOVER_ADVICE: &str = "the queue's shared memory holds values no correct \
+participant writes (a process wrote over it?): drain what the receivers can still read \
+(they get `Corrupt` where the damage is), then create a new queue and move the producers \
+to it; once every process has left, `shmq gc --force` removes the old one";
 
 /// A snapshot of one participant record.
 #[derive(Debug, Clone)]
@@ -157,6 +167,7 @@ pub fn inspect(name: &str) -> Result<QueueInfo, Error> {
         dead_letters: c.dead_letters.load(Relaxed),
         discarded: c.discarded.load(Relaxed),
         participants,
+        problems: problems(&q, &dims),
     })
 }
 
@@ -177,4 +188,82 @@ pub fn list() -> Result<Vec<Listed>, Error> {
             (n, info)
         })
         .collect())
+}
+
+/// The words of `q` that no correct participant writes (a snapshot of a live queue: only
+/// conditions that stay impossible whatever the timing, so a busy healthy queue reports
+/// none). The same conditions make the ring or a receiver answer `Corrupt`.
+fn problems(q: &crate::layout::Shared<'_>, dims: &queue::Dims) -> Vec<String> {
+    use crate::layout::{
+        cell_is_full, cell_lap, cell_slot, lap_diff, slot_owner, slot_state, KIND_INLINE,
+        KIND_SEGMENT,
+    };
+    let mut out = Vec::new();
+    let (h, t) = (q.ctl.head.load(Acquire), q.ctl.tail.load(Acquire));
+    // The hints lag the real positions by a little, never by laps; the real tail is at
+    // most `cap` past the real head.
+    let lag = 4 * q.cap;
+    if t.wrapping_sub(h) > q.cap + lag && h.wrapping_sub(t) > lag {
+        out.push(format!(
+            "ring positions: head {h} and tail {t} are further apart than a ring of {} cells allows",
+            q.cap
+        ));
+    }
+    let lh = q.lap(h);
+    for (i, c) in q.cells.iter().enumerate() {
+        let x = c.load(Acquire);
+        let d = lap_diff(cell_lap(x), lh);
+        if !(-2..=4).contains(&d) {
+            out.push(format!(
+                "ring cell {i}: word {x:#x} is {d} laps from the head's lap {lh}"
+            ));
+        } else if cell_is_full(x) && cell_slot(x) as usize >= q.slots.len() {
+            out.push(format!(
+                "ring cell {i}: word {x:#x} names slot {}, of {}",
+                cell_slot(x),
+                q.slots.len()
+            ));
+        }
+    }
+    let parts = q.parts.len();
+    for (i, rec) in q.slots.iter().enumerate() {
+        let w = rec.word.load(Acquire);
+        match slot_state(w) {
+            None => out.push(format!("slot {i}: word {w:#x} has no valid state")),
+            Some(SlotState::Loaned) | Some(SlotState::Held) if slot_owner(w) as usize >= parts => {
+                out.push(format!(
+                    "slot {i}: word {w:#x} names owner {}, of {parts} participant records",
+                    slot_owner(w)
+                ))
+            }
+            Some(SlotState::Free) => {}
+            Some(_) => {
+                let (len, kind) = (rec.len.load(Relaxed), rec.kind.load(Relaxed));
+                if len > dims.max_message_size {
+                    out.push(format!(
+                        "slot {i}: message length {len} exceeds the maximum {}",
+                        dims.max_message_size
+                    ));
+                } else if kind != KIND_INLINE && kind != KIND_SEGMENT {
+                    out.push(format!(
+                        "slot {i}: storage kind {kind} is not one shmq writes"
+                    ));
+                } else if kind == KIND_INLINE && len > crate::layout::INLINE_BYTES as u64 {
+                    out.push(format!(
+                        "slot {i}: inline message of {len} bytes (at most {})",
+                        crate::layout::INLINE_BYTES
+                    ));
+                }
+            }
+        }
+    }
+    for (i, rec) in q.parts.iter().enumerate() {
+        let w = rec.state.load(Acquire);
+        if part_role(w).is_none() && w & 0xFFFF != 0 {
+            out.push(format!(
+                "participant record {i}: word {w:#x} is neither free nor taken"
+            ));
+        }
+    }
+    out
 }

@@ -53,6 +53,7 @@ fn list_and_inspect_show_a_live_queue_with_its_participants() {
     assert!(json.contains("\"held\":1,\"orphan\":0"), "{json}");
     assert!(json.contains("\"max_deliveries\":4,"), "{json}");
     assert!(json.contains("\"dead_letters\":0,"), "{json}");
+    assert!(json.contains("\"problems\":[]"), "{json}");
     drop(held);
 }
 
@@ -112,4 +113,44 @@ fn unknown_commands_print_usage() {
         err.contains("unknown command") && err.contains("usage: shmq"),
         "{err}"
     );
+}
+
+/// A queue whose ring a process wrote over: receivers get `Corrupt`, and `shmq inspect`
+/// (and `list`) say it is corrupt, where, and what to do. (On c3c2b59 inspect printed
+/// the numbers as if nothing were wrong, and nothing said what to do.)
+#[test]
+fn inspect_says_a_scribbled_queue_is_corrupt_where_and_what_to_do() {
+    use std::os::unix::fs::FileExt;
+    let (tx, rx) = shmq::Builder::new()
+        .capacity(4)
+        .max_participants(4)
+        .supervision(shmq::Supervision::Manual)
+        .create()
+        .unwrap();
+    let name = tx.name().to_string();
+    tx.send(b"one").unwrap();
+    // Ring cells start at 1024 + 128 per participant record (layout.rs Geometry::new).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/shmq.{name}"))
+        .unwrap();
+    f.write_all_at(&u64::MAX.to_ne_bytes(), 1024 + 128 * 4)
+        .unwrap();
+    match rx.try_recv() {
+        Err(shmq::TryRecvError::Failed(e)) => assert_eq!(e.kind(), shmq::ErrorKind::Corrupt),
+        r => panic!("try_recv on a scribbled ring: {r:?}"),
+    }
+    let (ok, out, _) = shmq(&["inspect", &name]);
+    assert!(ok);
+    assert!(out.contains("CORRUPT"), "{out}");
+    assert!(out.contains("ring cell 0"), "{out}");
+    assert!(out.contains("create a new queue"), "{out}");
+    let (ok, json, _) = shmq(&["inspect", &name, "--json"]);
+    assert!(ok);
+    assert!(json.contains("\"problems\":[\"ring cell 0"), "{json}");
+    let (ok, out, _) = shmq(&["list"]);
+    assert!(ok);
+    let line = out.lines().find(|l| l.starts_with(&name)).expect("listed");
+    assert!(line.contains("CORRUPT"), "{line}");
+    drop((tx, rx));
 }

@@ -66,14 +66,19 @@ fn list() -> Result<(), String> {
     for (name, info) in qs {
         match info {
             Ok(i) => println!(
-                "{:<32} {:>8} {:>7} {:>9} {:>9} {:>5} {:>11}",
+                "{:<32} {:>8} {:>7} {:>9} {:>9} {:>5} {:>11}{}",
                 name,
                 i.capacity,
                 i.depth,
                 i.alive("sender"),
                 i.alive("receiver"),
                 i.dead(),
-                bytes(i.payload_bytes)
+                bytes(i.payload_bytes),
+                if i.problems.is_empty() {
+                    ""
+                } else {
+                    "  CORRUPT (shmq inspect says more)"
+                }
             ),
             Err(e) => println!("{name:<32} (unreadable: {e})"),
         }
@@ -125,7 +130,7 @@ fn inspect(args: &[String]) -> Result<(), String> {
 \"max_payload_bytes\":{},\"delivery\":{},\"max_deliveries\":{},\"head\":{},\"tail\":{},\"depth\":{},\
 \"slot_states\":{{\"free\":{free},\"loaned\":{loaned},\"held\":{held},\"orphan\":{orphan}}},\
 \"payload_bytes\":{},\"header_bytes\":{},\"lease_holder\":{},\"recoveries\":{},\"orphaned\":{},\
-\"dropped\":{},\"dead_letters\":{},\"discarded\":{},\"participants\":[{}]}}",
+\"dropped\":{},\"dead_letters\":{},\"discarded\":{},\"participants\":[{}],\"problems\":[{}]}}",
             json_str(&i.name),
             i.capacity,
             i.slots,
@@ -145,11 +150,23 @@ fn inspect(args: &[String]) -> Result<(), String> {
             i.dropped,
             i.dead_letters,
             i.discarded,
-            parts.join(",")
+            parts.join(","),
+            i.problems
+                .iter()
+                .map(|p| json_str(p))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         return Ok(());
     }
     println!("queue        {}", i.name);
+    if !i.problems.is_empty() {
+        println!("CORRUPT      {} problem(s):", i.problems.len());
+        for p in &i.problems {
+            println!("  - {p}");
+        }
+        println!("  what to do: {}", shmq::info::RECOVER_ADVICE);
+    }
     println!(
         "capacity     {} (depth {}; ring head {} tail {})",
         i.capacity, i.depth, i.head, i.tail
