@@ -60,6 +60,21 @@ pub fn point(name: &'static str) {
     let _ = name;
 }
 
+/// Fault injection (feature `fault-injection`): `SHMQ_FAULT_SHM_LIMIT=<bytes>` makes
+/// `/dev/shm` look full to this process once a queue's objects (its header and segments)
+/// would take more than that many bytes: sizing an object then fails with `ENOSPC`, as on
+/// a small tmpfs. Read once per process. Tests use it to exercise a full `/dev/shm`
+/// without filling the machine's.
+pub fn shm_limit() -> Option<u64> {
+    #[cfg(all(feature = "fault-injection", not(shmq_loom)))]
+    {
+        static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        *LIMIT.get_or_init(|| std::env::var("SHMQ_FAULT_SHM_LIMIT").ok()?.parse().ok())
+    }
+    #[cfg(not(all(feature = "fault-injection", not(shmq_loom))))]
+    None
+}
+
 #[cfg(all(feature = "fault-injection", not(shmq_loom)))]
 mod imp {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -96,19 +96,65 @@ pub fn open_or_create(path: &std::path::Path) -> io::Result<File> {
 }
 
 /// Sizes `file` to `len` bytes and reserves its pages.
+///
+/// `posix_fallocate` on tmpfs returns `EINTR` when a signal arrives while it allocates a
+/// large object: it is retried, not reported.
 pub fn size_and_reserve(file: &File, len: u64) -> io::Result<()> {
+    if let Some(limit) = crate::fault::shm_limit() {
+        if queue_objects_bytes(file).saturating_add(len) > limit {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+    }
     file.set_len(len)?;
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: plain syscall on a descriptor we own.
-    let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-    match r {
-        0 => Ok(()),
-        // tmpfs always supports it; other filesystems may not: the size is set anyway.
-        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
-        e => Err(io::Error::from_raw_os_error(e)),
+    loop {
+        // SAFETY: plain syscall on a descriptor we own.
+        let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+        match r {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            // tmpfs always supports it; other filesystems may not: the size is set anyway.
+            libc::EOPNOTSUPP | libc::EINVAL => return Ok(()),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
     }
+}
+
+/// For `SHMQ_FAULT_SHM_LIMIT` (fault injection): bytes of the objects of the queue that
+/// `file` belongs to (`shmq.<name>`, `shmq.<name>.<slot>`, `.shmq-new.<name>.…`), not
+/// counting `file` itself.
+fn queue_objects_bytes(file: &File) -> u64 {
+    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
+        return 0;
+    };
+    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let rest = base
+        .strip_prefix(PREFIX)
+        .or_else(|| base.strip_prefix(".shmq-new."))
+        .unwrap_or("");
+    let name = rest.split('.').next().unwrap_or("");
+    if name.is_empty() {
+        return 0;
+    }
+    let mine = file.metadata().map(|m| m.ino()).unwrap_or(0);
+    let Ok(rd) = std::fs::read_dir(SHM_DIR) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            let r = n
+                .strip_prefix(PREFIX)
+                .or_else(|| n.strip_prefix(".shmq-new."));
+            r.is_some_and(|r| r == name || r.starts_with(&format!("{name}.")))
+        })
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.ino() != mine)
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Size of the object behind `file`.

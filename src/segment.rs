@@ -174,8 +174,18 @@ impl Segments {
         let file = os::open_or_create(&path).map_err(|e| {
             GrowError::Failed(Error::io(format!("cannot create {}", path.display()), e))
         })?;
-        // G2.
-        if let Err(e) = os::size_and_reserve(&file, class) {
+        // G2. Out of space: the segments of consumed messages stay allocated (they are
+        // reused), so space may only be cached. Give back every FREE slot's segment (any
+        // process's: they are taken like allocations, `trim`) and try once more before
+        // reporting NoSpace.
+        let mut sized = os::size_and_reserve(&file, class);
+        if matches!(&sized, Err(e) if e.raw_os_error() == Some(libc::ENOSPC)) {
+            let _ = file.set_len(0);
+            rec.seg_size.store(0, Release);
+            self.trim(q, s, me, 0, 0, cap);
+            sized = os::size_and_reserve(&file, class);
+        }
+        if let Err(e) = sized {
             let _ = file.set_len(0);
             rec.seg_size.store(0, Release);
             return Err(GrowError::Failed(Error::io(

@@ -364,3 +364,61 @@ fn a_scribbled_segment_size_does_not_fill_the_payload_pool() {
     drop((held, tx, rx));
     g.assert_clean();
 }
+
+/// Child role of `a_full_dev_shm_gives_back_cached_segments_before_it_says_no_space`.
+fn nospace_role() {
+    // A `/dev/shm` of 12 MiB for this queue (fault injection, see `shmq::fault`); read
+    // once, before this process first sizes an object.
+    std::env::set_var("SHMQ_FAULT_SHM_LIMIT", (12u64 << 20).to_string());
+    const MIB: usize = 1 << 20;
+    let g = ShmGuard::new("nospace");
+    let (tx, rx) = shmq::Builder::new()
+        .name(g.name())
+        .capacity(8)
+        .slots(16)
+        .max_message_size(8 << 20)
+        .max_payload_bytes(64 << 20)
+        .supervision(shmq::Supervision::Manual)
+        .create()
+        .unwrap();
+    // Eight 1 MiB messages in flight, then consumed: 8 MiB of segments stay cached.
+    for i in 0..8u8 {
+        tx.send(&vec![i; MIB]).unwrap();
+    }
+    let mut held: Vec<_> = (0..8).map(|_| rx.recv().unwrap()).collect();
+    // While they are all held, nothing can be given back: the simulated limit answers.
+    match tx.try_send(&vec![9u8; 8 * MIB]) {
+        Err(shmq::TrySendError::Failed(e)) => {
+            assert_eq!(e.kind(), shmq::ErrorKind::NoSpace, "{e}")
+        }
+        r => panic!("an 8 MiB send with 8 MiB held under a 12 MiB limit: {r:?}"),
+    }
+    held.clear();
+    // Consumed: their segments are only cached, and must be given back for this one.
+    let r = tx.try_send(&vec![9u8; 8 * MIB]);
+    assert!(r.is_ok(), "an 8 MiB send with 8 MiB only cached: {r:?}");
+    let m = rx.recv().unwrap();
+    assert!(m.len() == 8 * MIB && m.iter().all(|&b| b == 9));
+    drop(m);
+    drop((tx, rx));
+    g.assert_clean();
+}
+
+/// A full `/dev/shm` (simulated: a 12 MiB limit for the queue's objects) while the
+/// segments of consumed messages are cached: the send gives them back and succeeds,
+/// instead of `NoSpace`. (Before the fix the second 8 MiB send failed with `NoSpace`
+/// although the queue was empty, as the issue saw on a 64 MiB tmpfs.)
+#[test]
+fn a_full_dev_shm_gives_back_cached_segments_before_it_says_no_space() {
+    common::as_child(|role| match role {
+        "nospace" => nospace_role(),
+        r => panic!("unknown role {r}"),
+    });
+    let _wd = Watchdog::new("nospace", LIMIT);
+    let mut c = common::Child::spawn(
+        "a_full_dev_shm_gives_back_cached_segments_before_it_says_no_space",
+        "nospace",
+        &[],
+    );
+    c.wait_ok();
+}
