@@ -438,11 +438,17 @@ pub fn assert_no_owned_slot(q: &Shared<'_>) {
 
 /// `slots::census` is all FREE.
 pub fn assert_all_free(q: &Shared<'_>) {
+    assert_all_free_in(q, "");
+}
+
+/// [`assert_all_free`], the failure prefixed with `ctx` and followed by a [`dump`].
+pub fn assert_all_free_in(q: &Shared<'_>, ctx: &str) {
     let c = slots::census(q);
     assert_eq!(
         c,
         [q.slots.len() as u64, 0, 0, 0],
-        "census [free, loaned, held, orphan]: a slot is leaked"
+        "{ctx}: census [free, loaned, held, orphan]: a slot is leaked; now {}",
+        dump(q)
     );
 }
 
@@ -1323,12 +1329,7 @@ impl AckRace {
             dump(&q)
         );
         assert_no_owned_slot(&q);
-        assert_eq!(
-            slots::census(&q),
-            [q.slots.len() as u64, 0, 0, 0],
-            "{ctx}: a slot is leaked after the drain; now {}",
-            dump(&q)
-        );
+        assert_all_free_in(&q, &ctx);
         if let Some(Some(stamp)) = acked {
             assert_eq!(
                 stamp,
@@ -1526,12 +1527,7 @@ impl TrimRace {
         );
         assert_eq!(r.kept + r.orphaned + r.dropped + r.set_aside, 0, "{ctx}");
         assert!(r.released, "{ctx}");
-        assert_eq!(
-            slots::census(&q),
-            [q.slots.len() as u64, 0, 0, 0],
-            "{ctx}: a slot is leaked; now {}",
-            dump(&q)
-        );
+        assert_all_free_in(&q, &ctx);
         assert_exact_capacity(&q, &cast.main, cast.main.idx);
     }
 }
@@ -1705,12 +1701,7 @@ impl DeliveryLimit {
         }
         assert_eq!(r.discarded + r.kept + r.dropped, 0, "{ctx}");
         assert!(r.released, "{ctx}");
-        assert_eq!(
-            slots::census(&q),
-            [q.slots.len() as u64, 0, 0, 0],
-            "{ctx}: a slot is leaked; now {}",
-            dump(&q)
-        );
+        assert_all_free_in(&q, &ctx);
         assert_exact_capacity(&q, &cast.main, cast.main.idx);
     }
 }
@@ -1855,12 +1846,7 @@ impl TwoRecoverers {
             n(msg::LIVE),
             dump(&q)
         );
-        assert_eq!(
-            slots::census(&q),
-            [q.slots.len() as u64, 0, 0, 0],
-            "{ctx}: a slot is leaked after the drain; now {}",
-            dump(&q)
-        );
+        assert_all_free_in(&q, &ctx);
         // Exactly once over all runs, or at most once where A's report died with it.
         let once = |what: &str, count: u64| {
             if killed {
