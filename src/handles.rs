@@ -683,10 +683,50 @@ impl Sender {
     /// # Errors
     /// [`AckTimeoutError`] if messages are still unacknowledged at the deadline.
     pub fn wait_for_acks(&self, timeout: Option<Duration>) -> Result<(), AckTimeoutError> {
+        self.wait_for_acks_below(1, timeout)
+    }
+
+    /// How many messages this sender has sent that are not acknowledged yet (queued, held
+    /// by a receiver, or waiting for redelivery). A racy snapshot.
+    pub fn unacked(&self) -> usize {
+        let Ok(p) = self.h.get() else {
+            return 0;
+        };
+        let s = p.q.shared();
+        let me = p.idx();
+        slots::pending_upto(&s, sender_word(me, part_gen(p.reg().word)), me, usize::MAX)
+    }
+
+    /// Waits until fewer than `n` messages this sender has sent are unacknowledged (see
+    /// [`unacked`](Self::unacked)), at most `timeout` (as in
+    /// [`wait_for_acks`](Self::wait_for_acks), which is `wait_for_acks_below(1, timeout)`).
+    /// A producer bounds its own messages in flight with it, whatever other producers do
+    /// (`n = 0` is taken as 1):
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, rx) = shmq::channel(64)?;
+    /// for _ in 0..3 {
+    ///     tx.wait_for_acks_below(2, None)?; // at most 2 of ours in flight
+    ///     tx.send(b"step")?;
+    ///     drop(rx.recv()?);
+    /// }
+    /// assert_eq!(tx.unacked(), 0);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`AckTimeoutError`] if `n` or more are still unacknowledged at the deadline.
+    pub fn wait_for_acks_below(
+        &self,
+        n: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(), AckTimeoutError> {
         // A forked child that cannot attach this handle has sent nothing through it.
         let Ok(p) = self.h.get() else {
             return Ok(());
         };
+        let limit = n.max(1);
         let q = &p.q;
         let s = q.shared();
         let me = p.idx();
@@ -702,7 +742,7 @@ impl Sender {
             std::slice::from_ref(&rec.ack_waiting),
             0,
             &p.blocked[2],
-            || (!slots::has_pending(&s, stamp, me)).then_some(()),
+            || (slots::pending_upto(&s, stamp, me, limit) < limit).then_some(()),
             || left().map(|l| Some(l.unwrap_or(Duration::MAX).min(Duration::from_millis(100)))),
         );
         match r {

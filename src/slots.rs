@@ -271,7 +271,13 @@ pub fn give_up(q: &Shared<'_>, s: u32, w: u64, delivered: bool) -> GaveUp {
 /// ack would leave it short forever. A slot being re-loaned by another producer may still
 /// show the old stamp for a moment; that only makes the caller look again.
 pub fn has_pending(q: &Shared<'_>, sender: u64, me: u16) -> bool {
-    q.slots.iter().enumerate().any(|(s, rec)| {
+    pending_upto(q, sender, me, 1) > 0
+}
+
+/// How many messages of sender word `sender` are unacknowledged (as [`has_pending`]
+/// counts them), counting no further than `limit`. A racy snapshot, read-only.
+pub fn pending_upto(q: &Shared<'_>, sender: u64, me: u16, limit: usize) -> usize {
+    let pending = q.slots.iter().enumerate().filter(|&(s, rec)| {
         let w = rec.word.load(Acquire);
         match slot_state(w) {
             Some(SlotState::Held) | Some(SlotState::Orphan) => rec.sender.load(Relaxed) == sender,
@@ -280,7 +286,8 @@ pub fn has_pending(q: &Shared<'_>, sender: u64, me: u16) -> bool {
             }
             _ => false,
         }
-    })
+    });
+    pending.take(limit).count()
 }
 
 /// Claims an ORPHAN slot (a message whose consumer died, or that a receiver handed back)

@@ -235,3 +235,41 @@ fn the_default_delivery_limit_is_finite() {
     drop((tx, _rx));
     g.assert_clean();
 }
+
+/// `unacked` counts this sender's messages until each is dropped by a receiver (queued and
+/// held alike), not another sender's; `wait_for_acks_below(n)` returns once fewer than
+/// `n` are left, woken by the ack in another thread, and times out while `n` remain.
+#[test]
+fn unacked_counts_this_senders_messages_and_wait_for_acks_below_wakes_on_an_ack() {
+    let (tx, rx) = shmq::channel(8).unwrap();
+    let _guard = ShmGuard::for_name(tx.name());
+    let other = tx.try_clone().unwrap();
+    other.send(b"not mine").unwrap();
+    for i in 0..3u8 {
+        tx.send(&[i; 300]).unwrap();
+    }
+    assert_eq!(tx.unacked(), 3);
+    assert_eq!(other.unacked(), 1);
+    let held = rx.recv().unwrap(); // other's message, held
+    let mine = rx.recv().unwrap(); // tx's first, held: still unacknowledged
+    assert_eq!(tx.unacked(), 3);
+    assert!(tx
+        .wait_for_acks_below(3, Some(Duration::from_millis(20)))
+        .is_err());
+    assert!(tx.wait_for_acks_below(4, Some(Duration::ZERO)).is_ok());
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(mine);
+    });
+    tx.wait_for_acks_below(3, Some(Duration::from_secs(30)))
+        .expect("the ack in the other thread wakes the wait");
+    t.join().unwrap();
+    assert_eq!(tx.unacked(), 2);
+    drop(held);
+    assert_eq!(other.unacked(), 0);
+    while let Ok(m) = rx.try_recv() {
+        drop(m);
+    }
+    assert_eq!(tx.unacked(), 0);
+    assert!(tx.wait_for_acks_below(0, Some(Duration::ZERO)).is_ok());
+}

@@ -1,0 +1,390 @@
+"""A drop-in for py-sharedmemory 4.3.1: ``create_shared_memory_pair``,
+``SharedMemorySender``, ``SharedMemoryReceiver``, with its documented behaviour (names,
+arguments, exceptions and their messages, timeouts, closing, the closing warning) on shmq.
+
+Where shmq does better, it does so without being asked (README, "Python: differences from
+py-sharedmemory"): any number of producer processes may share a pair, a sender may be
+passed on after it has put, a killed producer or consumer loses nothing that was accepted,
+closing a sender discards nothing receivers can still read, and nothing is left in
+``/dev/shm``.
+
+**Capacity.** ``capacity`` bounds the messages a producing process has put (counting a put
+from before it pickles) and that are not acknowledged yet, as in py-sharedmemory, whose
+single producer makes that the pair's bound. With several producer processes each one is
+bounded so, and the queue holds at most ``capacity`` unread messages in all. ``0``/``None``
+is "unbounded": up to :data:`UNBOUNDED` unread messages (py-sharedmemory: ``SEM_VALUE_MAX``),
+then ``put`` waits (or raises ``queue.Full``).
+
+**No "disconnected".** py-sharedmemory's ``put`` queues whether or not a receiver is
+attached yet, and its ``get`` waits whether or not a sender is; the core reports
+``Disconnected`` instead. So each drop-in endpoint also attaches a handle of the other
+kind that is never used (a *companion*: a ``Receiver`` beside each sender, a ``Sender``
+beside each receiver), which keeps the core from ever seeing the other side gone while a
+drop-in endpoint is open. It costs one participant record per endpoint and process (the
+pair has :data:`MAX_PARTICIPANTS`).
+
+**Acknowledgement.** ``get`` acknowledges a message after it was unpickled (a consumer
+killed while decoding gets it redelivered); the ack is immediate, so ``put_nowait`` right
+after a ``get`` finds the room (py-sharedmemory's ack travels through a thread and a pipe).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+import warnings
+from typing import Any
+
+from . import _errors, _lifecycle, _pickling, _shmq
+
+#: Unread messages an "unbounded" pair holds before ``put`` waits. Each costs a 256-byte
+#: record in the queue's header, touched only when used.
+UNBOUNDED = 1 << 16
+
+#: Participant records of a pair: every endpoint, in every process, takes two (see
+#: "No disconnected"), and every process one more for its supervisor.
+MAX_PARTICIPANTS = 512
+
+_SLICE = 0.05
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and isinstance(timeout, float) and math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds, not NaN")
+    if timeout is not None and not isinstance(timeout, (int, float)):
+        # As threading does: only real numbers.
+        timeout = float(timeout)
+        if math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds, not NaN")
+    return timeout
+
+
+def _deadline(block: bool, timeout: float | None) -> float | None:
+    """Monotonic deadline; ``None`` = no limit; a past value = one immediate try."""
+    if not block:
+        return -math.inf
+    if timeout is None or timeout == math.inf or timeout > threading.TIMEOUT_MAX:
+        return None
+    return time.monotonic() + max(timeout, 0.0)
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left (``None`` = no limit; ``0`` = try once more, then give up)."""
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def create_shared_memory_pair(
+    capacity: int | None = 0, *, ctx: Any = None
+) -> tuple["SharedMemorySender", "SharedMemoryReceiver"]:
+    """A new pair: ``(sender, receiver)``.
+
+    ``capacity``: how many messages a producer may have put and not yet seen acknowledged
+    (``0``/``None``: unbounded). ``ctx`` is accepted for compatibility and not needed: the
+    endpoints pass to processes of any start method, and to any number of them.
+    """
+    if capacity is None:
+        capacity = 0
+    elif isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError("capacity must be an integer or None")
+    elif capacity < 0:
+        raise ValueError("capacity must not be negative")
+    ring = min(capacity, UNBOUNDED) if capacity else UNBOUNDED
+    slots = ring + 16 if not capacity else 2 * ring + 16
+    tx, rx = _shmq.create(
+        _shmq.Sender,
+        _shmq.Receiver,
+        ring,
+        max_message_size=_shmq.MAX_MESSAGE_SIZE,
+        slots=min(slots, (1 << 22) - 1),
+        max_participants=MAX_PARTICIPANTS,
+    )
+    return SharedMemorySender(tx, capacity), SharedMemoryReceiver(rx, capacity)
+
+
+class SharedMemorySender:
+    """The producing end of a pair (py-sharedmemory's API). Thread-safe; pass it to any
+    number of processes (as ``Process`` arguments, pool ``initargs`` or inherited by
+    ``fork``), before or after it has put."""
+
+    def __init__(self, handle: Any, capacity: int = 0) -> None:
+        if isinstance(handle, str):
+            handle = _shmq.Sender(handle)
+        self._h = handle
+        self.name: str = handle.name
+        self._companion = _shmq.Receiver(self.name)
+        self.capacity = capacity
+        self._cond = threading.Condition()
+        self._reserved = 0
+        self._closed = False
+        self._pid = os.getpid()
+        _lifecycle.register(self)
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise BrokenPipeError("Sender is closed")
+
+    def _fresh(self) -> None:
+        # A forked child's inherited sender: new local state (the core attaches it afresh).
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._cond = threading.Condition()
+            self._reserved = 0
+            self._companion = _shmq.Receiver(self.name)
+            _lifecycle.register(self)
+
+    # -- put ------------------------------------------------------------------------------
+
+    def _reserve(self, deadline: float | None) -> None:
+        """Counts a put against ``capacity`` before it pickles (see the module doc)."""
+        limit = self.capacity
+        if not limit:
+            with self._cond:
+                self._reserved += 1
+            return
+        while True:
+            with self._cond:
+                self._ensure_open()
+                mine = self._reserved
+                if mine < limit and mine + self._h.unacked() < limit:
+                    self._reserved += 1
+                    return
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                raise queue.Full
+            step = _SLICE if left is None else min(left, _SLICE)
+            if mine < limit:
+                # Wake at the first ack that makes room (the futex, not a poll).
+                try:
+                    self._h.wait_for_acks(step, below=limit - mine)
+                except _errors.Closed:
+                    self._ensure_open()
+                    raise
+            else:
+                with self._cond:
+                    self._cond.wait(step)
+
+    def _unreserve(self) -> None:
+        with self._cond:
+            self._reserved -= 1
+            self._cond.notify_all()
+
+    def put(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts ``data`` (any picklable object). ``queue.Full`` if there is no room in time
+        (at once with ``block=False`` or ``timeout <= 0``); ``BrokenPipeError`` if closed;
+        ``OSError`` (``errno.ENOSPC``) if ``/dev/shm`` is full; pickling errors unchanged.
+        Nothing is taken from the capacity when a put fails."""
+        timeout = _check_timeout(timeout)
+        self._fresh()
+        self._ensure_open()
+        deadline = _deadline(block, timeout)
+        self._reserve(deadline)
+        try:
+            stream, raws, bufs = _pickling.dumps(data)
+            try:
+                while True:
+                    self._ensure_open()
+                    left = _left(deadline)
+                    step = _SLICE if left is None else min(left, _SLICE)
+                    try:
+                        self._h.send_parts(stream, raws, step > 0, step)
+                        return
+                    except _errors.Full:
+                        if left is not None and left <= 0:
+                            raise queue.Full from None
+                    except _errors.Closed:
+                        self._ensure_open()
+                        raise
+            finally:
+                _pickling.release(raws, bufs)
+        finally:
+            self._unreserve()
+
+    def put_nowait(self, data: Any) -> None:
+        """``put(data, block=False)``."""
+        self.put(data, block=False)
+
+    def wait_for_all_ack(self, timeout: float | None = None) -> bool:
+        """Waits until every message this sender put was received and acknowledged;
+        ``True`` then, ``False`` if ``timeout`` passed first. ``BrokenPipeError`` if the
+        sender is (or gets) closed."""
+        timeout = _check_timeout(timeout)
+        self._fresh()
+        self._ensure_open()
+        deadline = _deadline(True, timeout)
+        while True:
+            with self._cond:
+                busy = self._reserved > 0
+            left = _left(deadline)
+            if not busy:
+                try:
+                    if self._h.wait_for_acks(left):
+                        with self._cond:
+                            if self._reserved == 0:
+                                return True
+                        continue
+                except _errors.Closed:
+                    self._ensure_open()
+                    raise
+                self._ensure_open()
+                return False
+            if left is not None and left <= 0:
+                return False
+            with self._cond:
+                self._cond.wait(_SLICE if left is None else min(left, _SLICE))
+            self._ensure_open()
+
+    # -- close ------------------------------------------------------------------------------
+
+    def _discarded(self) -> int:
+        """Unread messages that go with the queue if this sender leaves now (0 if another
+        handle, here or in another process, keeps the queue)."""
+        if _lifecycle.local_open(self.name, besides=self) or _lifecycle.held(self.name):
+            return 0
+        try:
+            others, unread = _shmq.peers(self.name)
+        except Exception:
+            return 0
+        return 0 if others else unread
+
+    def _close(self, warn: bool, stacklevel: int) -> None:
+        if self._closed:
+            return
+        if self._pid != os.getpid():
+            # Inherited from the parent and never used here: it is not ours to detach.
+            self._closed = True
+            return
+        try:
+            if warn:
+                n = self._discarded()
+                if n:
+                    word = "message" if n == 1 else "messages"
+                    warnings.warn(
+                        f"Closing the sender discards {n} unacknowledged {word} that "
+                        "receivers may not have read; call wait_for_all_ack() first",
+                        RuntimeWarning,
+                        stacklevel=stacklevel + 1,
+                    )
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            self._h.close()
+            self._companion.close()
+            _lifecycle.sweep()
+
+    def close(self) -> None:
+        """Detaches the sender (idempotent). Messages it put stay readable by the
+        receivers; blocked calls in other threads get ``BrokenPipeError``."""
+        self._close(False, 2)
+
+    def _close_at_exit(self) -> None:
+        self._close(True, 2)
+
+    def __enter__(self) -> "SharedMemorySender":
+        self._ensure_open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # A clean exit with messages nobody can read any more warns, pointing at the
+        # user's `with` line.
+        self._close(exc_type is None, 2)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        self._ensure_open()
+        _lifecycle.hold(self.name)
+        return (SharedMemorySender, (self.name, self.capacity))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<shmq.SharedMemorySender {self.name!r} capacity={self.capacity} {state}>"
+
+
+class SharedMemoryReceiver:
+    """The consuming end of a pair (py-sharedmemory's API). Thread-safe; any number of
+    processes may consume from one pair, each message going to exactly one of them."""
+
+    def __init__(self, handle: Any, capacity: int = 0) -> None:
+        if isinstance(handle, str):
+            handle = _shmq.Receiver(handle)
+        self._h = handle
+        self.name: str = handle.name
+        self._companion = _shmq.Sender(self.name)
+        self._capacity = capacity
+        self._closed = False
+        self._pid = os.getpid()
+        _lifecycle.register(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The next object, an independent copy (NumPy arrays writable where they were
+        sent writable). ``queue.Empty`` if none arrives in time (at once with
+        ``block=False`` or ``timeout <= 0``); ``BrokenPipeError`` if closed."""
+        if self._closed:
+            raise BrokenPipeError("Receiver is closed")
+        timeout = _check_timeout(timeout)
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._companion = _shmq.Sender(self.name)
+            _lifecycle.register(self)
+        deadline = _deadline(block, timeout)
+        while True:
+            left = _left(deadline)
+            step = _SLICE if left is None else min(left, _SLICE)
+            try:
+                msg = self._h.recv_bytes(step > 0, step)
+            except _errors.Empty:
+                if left is not None and left <= 0:
+                    raise queue.Empty from None
+                continue
+            except _errors.Closed:
+                raise BrokenPipeError("Receiver is closed") from None
+            return _pickling.loads(msg, True)
+
+    def get_nowait(self) -> Any:
+        """``get(block=False)``."""
+        return self.get(block=False)
+
+    def close(self) -> None:
+        """Detaches the receiver (idempotent); blocked ``get`` calls in other threads get
+        ``BrokenPipeError``."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid == os.getpid():
+            self._h.close()
+            self._companion.close()
+            _lifecycle.sweep()
+
+    _close_at_exit = close
+
+    def __enter__(self) -> "SharedMemoryReceiver":
+        if self._closed:
+            raise BrokenPipeError("Receiver is closed")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        if self._closed:
+            raise BrokenPipeError("Receiver is closed")
+        _lifecycle.hold(self.name)
+        return (SharedMemoryReceiver, (self.name, self._capacity))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<shmq.SharedMemoryReceiver {self.name!r} {state}>"

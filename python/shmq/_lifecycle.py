@@ -1,0 +1,159 @@
+"""What keeps a queue alive across a hand-over to another process, and what runs at exit.
+
+**Hand-over.** A queue is removed from ``/dev/shm`` when the last process attached to it
+leaves. A parent that passes an endpoint to a child (pickled under ``spawn`` /
+``forkserver``, inherited under ``fork``) and then closes its own copies before the child
+has attached would remove the queue under the child. So whenever an endpoint is pickled,
+and before every ``fork``, this process takes a *hold* on the queue: an attachment that
+neither sends nor receives (a supervisor record in the core), so it changes nothing a peer
+can observe (receivers still see ``Disconnected`` when the last sender leaves). A hold is
+let go once this process has no endpoint of the queue left **and** another process is
+attached to it, or :data:`GRACE` seconds after the last hand-over, or at exit. Holds are
+swept whenever this process creates, opens, pickles or closes an endpoint, so a program that
+creates and hands over queues in a loop keeps a bounded number.
+
+**Exit.** Python does not promise to finalize module globals, and a SIGTERM with Python's
+default handler ends the process without ``atexit`` (the core treats that exactly like a
+SIGKILL: peers recover what it held). At a normal exit, :func:`_at_exit` closes every open
+endpoint (the drop-in's closing warning included), lets go of every hold, then asks the
+core to release everything this process still has (held messages and unsent loans go to
+the recovery that follows the exit), so the last process out removes the queue.
+
+**Fork.** Objects inherited by a forked child are the parent's: the child never closes
+them on the parent's behalf. Endpoints remember the pid that opened them; in another
+process their ``close()`` only forgets them (the core attaches the child afresh on first
+use, and that attachment is the child's own).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from typing import Callable
+
+from . import _shmq
+
+#: Seconds a hold outlives the last hand-over of its queue when no other process has
+#: attached yet (a child that takes longer to start than this, with every other copy of
+#: the queue closed, finds it gone).
+GRACE = 60.0
+
+_lock = threading.RLock()
+# name -> (hold, time of the last hand-over)
+_holds: dict[str, tuple[_shmq.Hold, float]] = {}
+# Every open endpoint of this process (native and drop-in), for the exit and the sweep.
+_endpoints: "weakref.WeakSet[object]" = weakref.WeakSet()
+_exiting = False
+
+
+def register(endpoint: object) -> None:
+    """Tracks an open endpoint (it must have ``name`` and ``_close_at_exit()``)."""
+    with _lock:
+        _endpoints.add(endpoint)
+    sweep()
+
+
+def local_open(name: str, besides: object = None) -> int:
+    """How many open endpoints of queue ``name`` this process has, not counting ``besides``."""
+    with _lock:
+        return sum(
+            1
+            for e in list(_endpoints)
+            if e is not besides and getattr(e, "name", None) == name and not e.closed
+            and getattr(e, "_pid", None) == os.getpid()
+        )
+
+
+def hold(name: str) -> None:
+    """Keeps queue ``name`` alive while it is handed to another process (see the module)."""
+    with _lock:
+        entry = _holds.get(name)
+        if entry is not None:
+            _holds[name] = (entry[0], time.monotonic())
+            return
+        try:
+            h = _shmq.Hold(name)
+        except Exception:
+            return  # the queue is gone or unusable: the receiving side will say so
+        _holds[name] = (h, time.monotonic())
+
+
+def held(name: str) -> bool:
+    with _lock:
+        return name in _holds
+
+
+def sweep() -> None:
+    """Lets go of holds that are no longer needed (see the module doc)."""
+    now = time.monotonic()
+    with _lock:
+        for name, (h, since) in list(_holds.items()):
+            if local_open(name):
+                continue  # still used here; our endpoints may close at any moment
+            try:
+                others, _ = _shmq.peers(name)
+            except Exception:
+                others = 1  # the queue is gone or unreadable: nothing left to hold
+            if others > 0 or now - since >= GRACE:
+                del _holds[name]
+                h.close()
+
+
+def release_hold(name: str) -> None:
+    with _lock:
+        entry = _holds.pop(name, None)
+    if entry is not None:
+        entry[0].close()
+
+
+def _before_fork() -> None:
+    # Runs in the parent just before os.fork(): a child may use any endpoint it inherits,
+    # so hold every queue this process has an open endpoint of. Never raise from here.
+    try:
+        with _lock:
+            names = {e.name for e in list(_endpoints) if not e.closed and e._pid == os.getpid()}
+        for name in names:
+            hold(name)
+    except Exception:
+        pass
+
+
+def _after_fork_in_child() -> None:
+    # The inherited holds are the parent's: forget them without touching shared memory
+    # (dropping an inherited core handle in a child changes nothing shared).
+    global _lock
+    _lock = threading.RLock()
+    _holds.clear()
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    for e in list(_endpoints):
+        try:
+            if getattr(e, "_pid", None) == os.getpid():
+                e._close_at_exit()
+        except Exception:
+            pass
+    with _lock:
+        entries = list(_holds.values())
+        _holds.clear()
+    for h, _ in entries:
+        try:
+            h.close()
+        except Exception:
+            pass
+    _shmq.release_all()
+
+
+def exiting() -> bool:
+    return _exiting
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)
+
+Closer = Callable[[], None]

@@ -1,0 +1,79 @@
+"""Objects to messages and back: pickle protocol 5 with out-of-band buffers.
+
+Sending: the pickler writes its in-band stream to a collector that keeps each piece it is
+handed (CPython hands ``bytes``/``bytearray`` of 64 KiB or more over whole, uncopied), and
+NumPy arrays (any C- or F-contiguous, non-object array) and ``PickleBuffer`` objects come
+out of band. The binding then takes **one** loan of the exact size and copies every piece
+into it once, with the GIL released for large ones (layout: ``python/src/lib.rs``).
+
+Receiving: the in-band stream is unpickled straight from shared memory. Out-of-band
+buffers are either slices of the message (zero copy: read-only NumPy arrays that view
+shared memory, and the message is acknowledged when the last of them is gone) or copied
+into fresh ``bytearray`` objects (``copy=True``: independent, writable where the sent
+array was writable, read-only where it was read-only, through pickle's READONLY_BUFFER).
+The message is acknowledged only after unpickling finished, so a consumer killed while
+decoding gets it redelivered.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+
+class _Collector:
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+
+    def write(self, b: Any) -> int:
+        self.parts.append(b)
+        return len(b)
+
+
+def dumps(obj: Any) -> tuple[list[Any], list[memoryview], list[pickle.PickleBuffer]]:
+    """``(stream pieces, raw out-of-band views, their PickleBuffers)``; release the views
+    and buffers (:func:`release`) once sent."""
+    out = _Collector()
+    bufs: list[pickle.PickleBuffer] = []
+    pickle.Pickler(out, protocol=5, buffer_callback=bufs.append).dump(obj)
+    raws: list[memoryview] = []
+    try:
+        for b in bufs:
+            raws.append(b.raw())
+    except BaseException:
+        release(raws, bufs)
+        raise
+    return out.parts, raws, bufs
+
+
+def release(raws: list[memoryview], bufs: list[pickle.PickleBuffer]) -> None:
+    for r in raws:
+        r.release()
+    for b in bufs:
+        b.release()
+
+
+def loads(msg: Any, copy: bool) -> Any:
+    """Unpickles a received message (a ``shmq._shmq.Message``) and acknowledges it: now
+    when ``copy`` or when nothing views it, else when the last view is gone."""
+    try:
+        soff, slen, layout = msg.pickle_layout()
+        if copy or not layout:
+            bufs: list[Any] = [msg.copy_range(off, n) for off, n in layout]
+            with memoryview(msg) as mv, mv[soff : soff + slen] as stream:
+                obj = pickle.loads(stream, buffers=bufs)
+            return obj
+        mv = memoryview(msg)
+        views = [mv[off : off + n] for off, n in layout]
+        with mv[soff : soff + slen] as stream:
+            obj = pickle.loads(stream, buffers=views)
+        mv.release()
+        return obj
+    finally:
+        # Without views left, acknowledge now; otherwise the last view's release does.
+        try:
+            msg.release()
+        except BufferError:
+            pass
