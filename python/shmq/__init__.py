@@ -187,17 +187,22 @@ class Receiver(_Endpoint, _shmq.Receiver):
         return self.recv(True, timeout, copy=copy)
 
     def __iter__(self) -> Iterator[Any]:
+        return self.iter()
+
+    def iter(self, *, copy: bool = False) -> Iterator[Any]:
+        """Yields objects as they arrive; ends when the queue is empty and no sender is
+        attached (as iterating over the receiver does)."""
         while True:
             try:
-                yield self.recv()
+                yield self.recv(copy=copy)
             except Disconnected:
                 return
 
-    def try_iter(self) -> Iterator[Any]:
+    def try_iter(self, *, copy: bool = False) -> Iterator[Any]:
         """Yields the objects waiting now; ends at the first :class:`Empty`."""
         while True:
             try:
-                yield self.recv(False)
+                yield self.recv(False, copy=copy)
             except (Empty, Disconnected):
                 return
 

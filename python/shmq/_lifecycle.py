@@ -7,14 +7,18 @@ has attached would remove the queue under the child. So whenever an endpoint is 
 and before every ``fork``, this process takes a *hold* on the queue: an attachment that
 neither sends nor receives (a supervisor record in the core), so it changes nothing a peer
 can observe (receivers still see ``Disconnected`` when the last sender leaves). A hold is
-let go once this process has no endpoint of the queue left **and** another process is
-attached to it, or :data:`GRACE` seconds after the last hand-over, or at exit. Holds are
-swept whenever this process creates, opens, pickles or closes an endpoint, so a program that
-creates and hands over queues in a loop keeps a bounded number.
+let go once this process has no endpoint of the queue left **and** either another process
+is attached to it, or no ``multiprocessing`` child of this process is alive any more (none
+can still attach), or :data:`GRACE` seconds have passed since the last hand-over; and at
+exit. Holds are swept whenever this process creates, opens, pickles or closes an endpoint,
+so a program that creates and hands over queues in a loop keeps a bounded number. (A queue
+handed to children and closed here before they attached is therefore removed at this
+process's next shmq call or exit after they are done, not at the moment they leave.)
 
-**Exit.** Python does not promise to finalize module globals, and a SIGTERM with Python's
-default handler ends the process without ``atexit`` (the core treats that exactly like a
-SIGKILL: peers recover what it held). At a normal exit, :func:`_at_exit` closes every open
+**Exit.** Python does not promise to finalize module globals, ``multiprocessing`` children
+end with ``os._exit``, and a SIGTERM with Python's default handler ends the process without
+``atexit`` (the core treats that exactly like a SIGKILL: peers recover what it held). At a
+normal exit (see :func:`_register_exit` for when), :func:`_at_exit` closes every open
 endpoint (the drop-in's closing warning included), lets go of every hold, then asks the
 core to release everything this process still has (held messages and unsent loans go to
 the recovery that follows the exit), so the last process out removes the queue.
@@ -32,7 +36,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable
+from multiprocessing import util as mp_util
 
 from . import _shmq
 
@@ -97,9 +101,21 @@ def sweep() -> None:
                 others, _ = _shmq.peers(name)
             except Exception:
                 others = 1  # the queue is gone or unreadable: nothing left to hold
-            if others > 0 or now - since >= GRACE:
+            if others > 0 or now - since >= GRACE or not _children_alive():
                 del _holds[name]
                 h.close()
+
+
+def _children_alive() -> bool:
+    """Whether a child process that could still attach a handed-over queue runs: any live
+    ``multiprocessing`` child (reaping those that ended, as ``multiprocessing`` itself does
+    whenever it starts a process)."""
+    try:
+        import multiprocessing
+
+        return bool(multiprocessing.active_children())
+    except Exception:
+        return True
 
 
 def release_hold(name: str) -> None:
@@ -127,10 +143,13 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()
     _holds.clear()
+    _register_exit()
 
 
 def _at_exit() -> None:
     global _exiting
+    if _exiting or _pid != os.getpid():
+        return
     _exiting = True
     for e in list(_endpoints):
         try:
@@ -153,7 +172,22 @@ def exiting() -> bool:
     return _exiting
 
 
+def _register_exit() -> None:
+    """Runs :func:`_at_exit` once, as late as possible, in every process: ``atexit`` for
+    plain programs, and a ``multiprocessing`` finalizer of negative priority, because
+    ``multiprocessing`` children end with ``os._exit`` (no ``atexit``) after running their
+    finalizers, and a parent's finalizers of negative priority run only after its daemonic
+    children were terminated and the others joined (so the last process out, the one that
+    removes the queues, is the one that stays longest)."""
+    global _pid, _exiting
+    _pid = os.getpid()
+    _exiting = False
+    mp_util.Finalize(None, _at_exit, exitpriority=-100)
+
+
+_pid = os.getpid()
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
-
-Closer = Callable[[], None]
+# `multiprocessing` clears its finalizers in a forked child: register again there.
+mp_util.register_after_fork(_register_exit, lambda _: _register_exit())
+_register_exit()
