@@ -151,7 +151,9 @@ def _at_exit() -> None:
     if _exiting or _pid != os.getpid():
         return
     _exiting = True
-    for e in list(_endpoints):
+    # Receivers first: a drop-in sender closing last sees whether its unread messages
+    # really go with the queue (and then warns, as py-sharedmemory does at exit).
+    for e in sorted(_endpoints, key=lambda e: hasattr(e, "put")):
         try:
             if getattr(e, "_pid", None) == os.getpid():
                 e._close_at_exit()
