@@ -40,7 +40,7 @@
 //!
 //! Shared memory is untrusted: the reader checks the magic, the count and every range
 //! against the message length before slicing.
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1106,13 +1106,18 @@ impl PyMessage {
         let dst = unsafe { out.as_bytes_mut() };
         let (sp, dp) = (src.as_ptr() as usize, dst.as_mut_ptr() as usize);
         let copy = move || {
-            // SAFETY: both ranges live for the call: `src` while the message is held
-            // (this method holds `&self`, and `release` needs the GIL... or the export
-            // count) and `dst` is owned by `out`, referenced by this frame.
+            // SAFETY: `src` stays mapped and unwritten while the core `Message` lives,
+            // which the pin below guarantees for the copy (`release` refuses while it is
+            // held, and dropping this object needs `&self` to be gone); `dst` belongs to
+            // `out`, which no other code can reach yet.
             unsafe { std::ptr::copy_nonoverlapping(sp as *const u8, dp as *mut u8, nbytes) }
         };
         if nbytes >= DETACH_BYTES {
+            // Another thread may run while the GIL is released: pin the message the way
+            // an open export does, so its `release()` cannot drop it under the copy.
+            self.exports.fetch_add(1, Ordering::AcqRel);
             py.detach(copy);
+            self.exports.fetch_sub(1, Ordering::AcqRel);
         } else {
             copy();
         }

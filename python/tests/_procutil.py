@@ -274,13 +274,17 @@ def send_then_wait(tx: Any, native: bool, n: int, conn: Any) -> None:
 
 
 def consume_forever(rx: Any, conn: Any) -> None:
-    """A drop-in consumer reporting each message it got, forever."""
+    """A drop-in consumer that reports its first message, then consumes until killed."""
+    first = True
     while True:
         try:
             obj = rx.get(timeout=1)
         except queue.Empty:
             continue
-        conn.send(decode(obj))
+        msg = decode(obj)
+        if first:
+            conn.send(msg)
+            first = False
 
 
 def exit_quietly(tx: Any, rx: Any) -> None:
