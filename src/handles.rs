@@ -727,6 +727,16 @@ impl Sender {
             return Ok(());
         };
         let limit = n.max(1);
+        if timeout == Some(Duration::ZERO) {
+            // A zero timeout looks once: no spinning, no yielding (a caller that polls,
+            // as the Python binding does between its slices, holds a lock meanwhile).
+            let stamp = sender_word(p.idx(), part_gen(p.reg().word));
+            let s = p.q.shared();
+            return match slots::pending_upto(&s, stamp, p.idx(), limit) < limit {
+                true => Ok(()),
+                false => Err(AckTimeoutError),
+            };
+        }
         let q = &p.q;
         let s = q.shared();
         let me = p.idx();

@@ -25,7 +25,7 @@
 //! * `supervisor.rs` — liveness by kernel-released OFD locks, pidfd notification, recovery
 //!   runs under a lease; [`Supervisor`], [`gc`];
 //! * `queue.rs` — one process's attachment: creation, validation, registration, lifecycle;
-//! * `segment.rs` — payload objects per slot, sized by power-of-two class and reused;
+//! * `segment.rs` — payload objects per slot, sized by class and reused;
 //! * `ring.rs`, `slots.rs`, `roster.rs`, `recovery.rs` — the pure protocol (no syscalls),
 //!   model-checked with loom in `loom-tests/`, each module listing its crash windows;
 //! * `wait/` — the eventcount over a shared (not private) futex;
@@ -203,9 +203,10 @@ impl Builder {
     /// senders wait (or get `Full`) until acknowledged messages free some.
     ///
     /// It counts segment sizes, not message sizes: a message above 192 bytes (the inline
-    /// limit) occupies a segment of at least 4 KiB, rounded up to a power of two (at most
-    /// `max_message_size` rounded up to a page). So `n` messages of size `m` in flight
-    /// need about `n × next_power_of_two(max(m, 4 KiB))`; a bound below what your
+    /// limit) occupies a segment of at least 4 KiB, rounded up to a power of two up to
+    /// 1 MiB and to an eighth of one above (at most 12.5% over the message; never more
+    /// than `max_message_size` rounded up to a page). So `n` messages of size `m` in
+    /// flight need about `n × m` (up to `n × 2m` below 1 MiB); a bound below what your
     /// consumers hold at once makes producers (and a consumer waiting for more) wait.
     /// It must be at least `max_message_size` rounded up to a page (unless messages are
     /// at most 192 bytes), or `create` says `InvalidArgument`.

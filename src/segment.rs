@@ -1,5 +1,5 @@
 //! Payload segments: one shared-memory object per payload slot, created on demand, sized
-//! by power-of-two class, reused across messages, mapped once per process.
+//! by class ([`class_for`]), reused across messages, mapped once per process.
 //!
 //! A payload of at most `INLINE_BYTES` lives in the slot record itself. A larger one lives
 //! at offset 0 (page-aligned, hence 64-byte aligned) of `/dev/shm/shmq.<queue>.<slot>`.
@@ -13,7 +13,7 @@
 //! Growth (owner of slot `s`, needs `n` bytes):
 //!
 //! ```text
-//!   class = next power of two ≥ n (≥ 4 KiB, ≤ max message size rounded to a page)
+//!   class = class_for(n) (≥ 4 KiB, ≤ max message size rounded to a page)
 //!   if Σ seg_size + class − seg_size[s] > max_payload_bytes: trim FREE slots' objects,
 //!       else back-pressure (the caller waits, as when the queue is full)
 //!   epoch[s] += 1                                                             (G1)
@@ -154,10 +154,7 @@ impl Segments {
             }
         }
         let cap = segment_size_for(max_message);
-        let class = need
-            .next_power_of_two()
-            .clamp(4096, cap.max(4096))
-            .max(need);
+        let class = class_for(need).clamp(4096, cap.max(4096)).max(need);
         let old = rec.seg_size.load(Relaxed).min(cap);
         let extra = class.saturating_sub(old);
         if pool_bytes(q, cap).saturating_add(extra) > max_pool {
@@ -254,13 +251,29 @@ pub const MAX_MESSAGE_SIZE: u64 = 1 << 40;
 /// The segment a message of up to `max_message` bytes may need at most: `max_message`
 /// rounded up to a whole page (at least one), or 0 if it travels inline. A queue's
 /// `max_payload_bytes` must be at least this, or its largest messages could never be sent.
-/// (`Segments::for_write` sizes segments by powers of two, capped at this.)
+/// (`Segments::for_write` sizes segments by [`class_for`], capped at this.)
 pub fn segment_size_for(max_message: u64) -> u64 {
     if is_inline(max_message) {
         0
     } else {
         max_message.min(MAX_MESSAGE_SIZE).div_ceil(4096) * 4096
     }
+}
+
+/// The size a segment grows to for a message of `need` bytes: the next power of two up to
+/// 1 MiB (few distinct sizes, so a slot's segment serves many later messages), and above
+/// that the next multiple of an eighth of the power of two at or below `need`, so a
+/// message just over a power of two (a pickled 32 MiB array: 32 MiB and a header) takes at
+/// most 12.5% more, not twice its size, of `/dev/shm`, whose pages are all reserved. A
+/// message size growing steadily costs up to eight regrowths per doubling instead of one.
+pub fn class_for(need: u64) -> u64 {
+    const FINE_ABOVE: u64 = 1 << 20;
+    if need <= FINE_ABOVE {
+        return need.next_power_of_two();
+    }
+    let octave = 1u64 << (63 - need.leading_zeros());
+    let step = octave / 8;
+    need.div_ceil(step).saturating_mul(step)
 }
 
 /// Whether a payload of `len` bytes is carried inline in the slot record.

@@ -257,6 +257,7 @@ fn unacked_counts_this_senders_messages_and_wait_for_acks_below_wakes_on_an_ack(
         .wait_for_acks_below(3, Some(Duration::from_millis(20)))
         .is_err());
     assert!(tx.wait_for_acks_below(4, Some(Duration::ZERO)).is_ok());
+    assert!(tx.wait_for_acks_below(3, Some(Duration::ZERO)).is_err()); // looks once
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         drop(mine);

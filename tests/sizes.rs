@@ -350,3 +350,43 @@ fn messages_and_loans_outlive_their_handles() {
     drop(rx2);
     g.assert_clean();
 }
+
+/// A message just above a power of two does not take a segment twice its size: a pickled
+/// 32 MiB array (32 MiB plus a small header, the common case from Python) occupied a 64 MiB
+/// segment, all of it reserved in `/dev/shm`. Above 1 MiB, segments are sized to the next
+/// eighth of the octave: at most 12.5% over the message.
+#[test]
+fn a_message_just_above_a_power_of_two_takes_at_most_an_eighth_more() {
+    for (len, most) in [
+        (32 * MIB + 24, 36 * MIB),
+        (MIB + 1, MIB + MIB / 8),
+        (100 * MIB, 112 * MIB),
+        (MIB, MIB),
+        (5000, 8 * KIB),
+    ] {
+        // A fresh queue per size: segments are reused by later, smaller messages.
+        let (tx, rx) = shmq::Builder::new()
+            .capacity(2)
+            .max_message_size(256 * MIB as u64)
+            .create()
+            .unwrap();
+        let _g = ShmGuard::for_name(tx.name());
+        tx.send(&vec![7u8; len]).unwrap();
+        let m = rx.recv().unwrap();
+        assert_eq!(m.len(), len);
+        let seg: u64 = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&format!("shmq.{}.", tx.name()))
+            })
+            .map(|e| e.metadata().unwrap().len())
+            .max()
+            .unwrap();
+        assert!(
+            seg <= most as u64 && seg >= len as u64,
+            "a {len}-byte message sits in a segment of {seg} bytes (at most {most} expected)"
+        );
+    }
+}

@@ -11,7 +11,10 @@ closing a sender discards nothing receivers can still read, and nothing is left 
 **Capacity.** ``capacity`` bounds the messages a producing process has put (counting a put
 from before it pickles) and that are not acknowledged yet, as in py-sharedmemory, whose
 single producer makes that the pair's bound. With several producer processes each one is
-bounded so, and the queue holds at most ``capacity`` unread messages in all. ``0``/``None``
+bounded so, and the queue holds at most ``capacity`` unread messages in all. The
+``capacity`` attribute may be lowered later (py-sharedmemory's is a plain attribute);
+raising it above the value the pair was created with has no effect, since the queue was
+sized then. ``0``/``None``
 is "unbounded": up to :data:`UNBOUNDED` unread messages (py-sharedmemory: ``SEM_VALUE_MAX``),
 then ``put`` waits (or raises ``queue.Full``).
 
@@ -53,13 +56,9 @@ _SLICE = 0.05
 
 
 def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and isinstance(timeout, float) and math.isnan(timeout):
+    # As py-sharedmemory: `math.isnan` takes real numbers only (TypeError otherwise).
+    if timeout is not None and math.isnan(timeout):
         raise ValueError("timeout must be a number of seconds, not NaN")
-    if timeout is not None and not isinstance(timeout, (int, float)):
-        # As threading does: only real numbers.
-        timeout = float(timeout)
-        if math.isnan(timeout):
-            raise ValueError("timeout must be a number of seconds, not NaN")
     return timeout
 
 
@@ -88,12 +87,11 @@ def create_shared_memory_pair(
     (``0``/``None``: unbounded). ``ctx`` is accepted for compatibility and not needed: the
     endpoints pass to processes of any start method, and to any number of them.
     """
-    if capacity is None:
-        capacity = 0
-    elif isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise TypeError("capacity must be an integer or None")
-    elif capacity < 0:
-        raise ValueError("capacity must not be negative")
+    if capacity is not None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError("capacity must be an integer or None")
+        if capacity < 0:
+            raise ValueError("capacity must not be negative")
     ring = min(capacity, UNBOUNDED) if capacity else UNBOUNDED
     slots = ring + 16 if not capacity else 2 * ring + 16
     tx, rx = _shmq.create(
@@ -112,7 +110,7 @@ class SharedMemorySender:
     number of processes (as ``Process`` arguments, pool ``initargs`` or inherited by
     ``fork``), before or after it has put."""
 
-    def __init__(self, handle: Any, capacity: int = 0) -> None:
+    def __init__(self, handle: Any, capacity: int | None = 0) -> None:
         if isinstance(handle, str):
             handle = _shmq.Sender(handle)
         self._h = handle
@@ -203,9 +201,13 @@ class SharedMemorySender:
                     except _errors.Full:
                         if left is not None and left <= 0:
                             raise queue.Full from None
-                    except _errors.Closed:
+                    except (_errors.Closed, _errors.Disconnected):
+                        # Our own close() (in another thread) detached the companion
+                        # receiver before this handle: report it as closed.
                         self._ensure_open()
-                        raise
+                        if left is not None and left <= 0:
+                            raise queue.Full from None
+                        time.sleep(min(step, 0.01))
             finally:
                 _pickling.release(raws, bufs)
         finally:
@@ -301,7 +303,7 @@ class SharedMemorySender:
         # user's `with` line.
         self._close(exc_type is None, 2)
 
-    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, int | None]]:
         self._ensure_open()
         _lifecycle.hold(self.name)
         return (SharedMemorySender, (self.name, self.capacity))
@@ -315,7 +317,7 @@ class SharedMemoryReceiver:
     """The consuming end of a pair (py-sharedmemory's API). Thread-safe; any number of
     processes may consume from one pair, each message going to exactly one of them."""
 
-    def __init__(self, handle: Any, capacity: int = 0) -> None:
+    def __init__(self, handle: Any, capacity: int | None = 0) -> None:
         if isinstance(handle, str):
             handle = _shmq.Receiver(handle)
         self._h = handle
@@ -351,8 +353,15 @@ class SharedMemoryReceiver:
                 if left is not None and left <= 0:
                     raise queue.Empty from None
                 continue
-            except _errors.Closed:
-                raise BrokenPipeError("Receiver is closed") from None
+            except (_errors.Closed, _errors.Disconnected):
+                # Closed by another thread (the companion sender goes with it); a
+                # Disconnected without that is a moment of a concurrent close: look again.
+                if self._closed:
+                    raise BrokenPipeError("Receiver is closed") from None
+                if left is not None and left <= 0:
+                    raise queue.Empty from None
+                time.sleep(min(step, 0.01))
+                continue
             return _pickling.loads(msg, True)
 
     def get_nowait(self) -> Any:
@@ -380,7 +389,7 @@ class SharedMemoryReceiver:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, int | None]]:
         if self._closed:
             raise BrokenPipeError("Receiver is closed")
         _lifecycle.hold(self.name)

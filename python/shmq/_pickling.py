@@ -37,7 +37,13 @@ def dumps(obj: Any) -> tuple[list[Any], list[memoryview], list[pickle.PickleBuff
     and buffers (:func:`release`) once sent."""
     out = _Collector()
     bufs: list[pickle.PickleBuffer] = []
-    pickle.Pickler(out, protocol=5, buffer_callback=bufs.append).dump(obj)
+    try:
+        pickle.Pickler(out, protocol=5, buffer_callback=bufs.append).dump(obj)
+    except BaseException:
+        # Let go of the buffers collected so far now, not when the traceback goes (a
+        # caller that keeps the exception could not resize a bytearray it had put).
+        release([], bufs)
+        raise
     raws: list[memoryview] = []
     try:
         for b in bufs:

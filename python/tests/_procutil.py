@@ -220,13 +220,13 @@ def sigint_get(rx: Any, native: bool, ready: Any, conn: Any) -> None:
 # Crash helpers
 
 
-def produce_counting(tx: Any, native: bool, done: Any, big_every: int) -> None:
-    """Puts messages 0, 1, 2, ... forever; after each put *returned* records
-    ``done.value = seq + 1`` (so ``done`` counts acknowledged puts only)."""
+def produce_counting(tx: Any, native: bool, done: Any, big_every: int, tag: int = 7) -> None:
+    """Puts messages 0, 1, 2, ... of producer ``tag`` forever; after each put *returned*
+    records ``done.value = seq + 1`` (so ``done`` counts acknowledged puts only)."""
     put = tx.send if native else tx.put
     i = 0
     while True:
-        put(make_msg(7, i, big=bool(big_every) and i % big_every == big_every - 1))
+        put(make_msg(tag, i, big=bool(big_every) and i % big_every == big_every - 1))
         done.value = i + 1
         i += 1
 
@@ -236,6 +236,21 @@ def hold_bytes(rx: Any, conn: Any) -> None:
     m = rx.recv_bytes(timeout=60)
     conn.send((m.tobytes(), m.delivery_count))
     time.sleep(120)
+
+
+def hold_views(rx: Any, conn: Any) -> None:
+    """Receives one NumPy array (a zero-copy view of the message) and keeps it until
+    killed."""
+    arr = rx.recv(timeout=60)
+    conn.send((arr.tolist(), arr.flags.writeable))
+    time.sleep(120)
+
+
+def idle_get(rx: Any, ready: Any, conn: Any) -> None:
+    """A drop-in consumer that waits in get and reports every message it gets."""
+    ready.set()
+    while True:
+        conn.send(decode(rx.get(timeout=60)))
 
 
 class Slow:

@@ -89,6 +89,65 @@ def test_producer_killed_mid_stream_loses_and_duplicates_nothing(api, kill_after
     rx.close()
 
 
+@pytest.mark.parametrize("api", ["dropin", "native"])
+def test_repeated_producer_kills_account_exactly(api):
+    """Five producers in turn on one queue, each killed at another point (the first before
+    or while it attaches); then every acknowledged put of each is there exactly once."""
+    native = api == "native"
+    tx, rx = shmq.channel(8) if native else shmq.create_shared_memory_pair(8)
+    recv = (lambda t: rx.recv(timeout=t)) if native else (lambda t: rx.get(timeout=t))
+    got = []
+    acked = {}
+    with pu.Children(FORK) as ch:
+        for tag, kill_after in enumerate([0, 3, 60, 1, 25]):
+            done = FORK.Value("q", 0, lock=False)
+            p = ch.start(pu.produce_counting, tx, native, done, 4, tag)
+            mine = 0
+            while mine < kill_after:
+                t, s = pu.decode(recv(60))
+                got.append((t, s))
+                mine += t == tag
+            assert ch.kill(p) == -signal.SIGKILL
+            acked[tag] = done.value
+    if native:
+        tx.close()  # every other sender is dead: iteration ends when the queue is empty
+        got += [pu.decode(o) for o in rx]
+    else:
+        got += [pu.decode(o) for o in _drain_dropin(rx)]
+    # FIFO: each producer's messages in order, and producers one after another.
+    assert got == sorted(got)
+    for tag, n in acked.items():
+        seqs = [s for t, s in got if t == tag]
+        assert seqs == list(range(len(seqs))), tag
+        assert n <= len(seqs) <= n + 1, (tag, n, len(seqs))
+    assert {t for t, _ in got} <= set(acked)
+    if not native:
+        assert tx.wait_for_all_ack(30)
+    tx.close()
+    rx.close()
+
+
+@pytest.mark.parametrize("api", ["dropin", "native"])
+def test_producer_killed_while_blocked_on_a_full_queue(api):
+    native = api == "native"
+    tx, rx = shmq.channel(4) if native else shmq.create_shared_memory_pair(4)
+    done = FORK.Value("q", 0, lock=False)
+    with pu.Children(FORK) as ch:
+        p = ch.start(pu.produce_counting, tx, native, done, 0, 1)
+        pu.wait_until(lambda: done.value == 4, 60, "four puts")
+        time.sleep(0.2)  # let it block on the fifth (an earlier kill is fine too)
+        assert ch.kill(p) == -signal.SIGKILL
+    assert done.value == 4
+    if native:
+        tx.close()
+        got = [pu.decode(o) for o in rx]
+    else:
+        got = [pu.decode(o) for o in _drain_dropin(rx, 1.0)]
+    assert got == [(1, i) for i in range(4)]
+    tx.close()
+    rx.close()
+
+
 # ---------------------------------------------------------------------------------------
 # A consumer killed holding a message
 
@@ -112,6 +171,52 @@ def test_consumer_killed_holding_message_is_redelivered(sig):
     m.release()
     with pytest.raises(shmq.Empty):
         rx.try_recv()  # exactly one redelivery
+    tx.close()
+    rx.close()
+
+
+def test_consumer_killed_holding_numpy_views_is_redelivered():
+    """A message held only through the zero-copy arrays ``recv`` returned."""
+    np = pytest.importorskip("numpy")
+    tx, rx = shmq.channel(4)
+    tx.send(np.arange(1000, dtype=np.int32))
+    tx.send("second")
+    r, w = FORK.Pipe(duplex=False)
+    with pu.Children(FORK) as ch:
+        p = ch.start(pu.hold_views, rx, w)
+        values, writeable = pu.recv_conn(r, 60)
+        assert values == list(range(1000)) and writeable is False
+        assert ch.kill(p) == -signal.SIGKILL
+    got = [rx.recv_bytes(timeout=30) for _ in range(2)]
+    redelivered = [m for m in got if m.is_redelivery]
+    assert [m.delivery_count for m in got].count(2) == 1 and len(redelivered) == 1
+    arr = shmq._pickling.loads(redelivered[0], True)
+    assert np.array_equal(arr, np.arange(1000, dtype=np.int32))
+    rest = [m for m in got if not m.is_redelivery]
+    assert shmq._pickling.loads(rest[0], True) == "second"
+    with pytest.raises(shmq.Empty):
+        rx.try_recv()
+    tx.close()
+    rx.close()
+
+
+def test_killing_an_idle_consumer_does_not_starve_the_other():
+    tx, rx = shmq.create_shared_memory_pair(4)
+    conns, children = [], []
+    with pu.Children(FORK) as ch:
+        for _ in range(2):
+            ready = FORK.Event()
+            r, w = FORK.Pipe(duplex=False)
+            children.append(ch.start(pu.idle_get, rx, ready, w))
+            conns.append(r)
+            assert ready.wait(60)
+        time.sleep(0.2)  # both waiting in get
+        assert ch.kill(children[0]) == -signal.SIGKILL
+        for i in range(20):
+            tx.put(pu.make_msg(5, i), timeout=60)
+        got = [pu.recv_conn(conns[1], 60) for _ in range(20)]
+        assert got == [(5, i) for i in range(20)]  # all of them: none went to the dead one
+        assert tx.wait_for_all_ack(30)
     tx.close()
     rx.close()
 

@@ -262,20 +262,22 @@ def test_capacity_attribute_reads_back(make_pair, capacity):
     assert type(tx.capacity) is type(capacity)
 
 
-def test_capacity_attribute_is_mutable(make_pair):
-    # py-sharedmemory's capacity is a plain attribute that its put reads every time.
-    tx, rx = make_pair(1)
-    tx.capacity = 3
-    for i in range(3):
-        tx.put_nowait(i)
-    with pytest.raises(queue.Full):
-        tx.put_nowait(3)
-    assert drain(rx, 3) == [0, 1, 2]
+def test_capacity_attribute_can_be_lowered_but_not_raised_past_creation(make_pair):
+    # py-sharedmemory's capacity is a plain attribute that its put reads every time. shmq's
+    # put reads it too, but the queue was sized at creation: lowering works, raising
+    # above the creation value has no effect (documented in the README and _dropin.py).
+    tx, rx = make_pair(3)
     tx.capacity = 1
     tx.put_nowait("a")
     with pytest.raises(queue.Full):
         tx.put_nowait("b")
     assert rx.get(timeout=JOIN) == "a"
+    tx.capacity = 10
+    for i in range(3):
+        tx.put_nowait(i)
+    with pytest.raises(queue.Full):
+        tx.put_nowait(3)
+    assert drain(rx, 3) == [0, 1, 2]
 
 
 # -- capacity counts put-but-unacknowledged --------------------------------------------------

@@ -445,3 +445,67 @@ def test_delivery_count_and_gc_are_exposed(pair):
     m.release()
     removed, skipped = shmq.gc()
     assert tx.name not in removed  # alive: never collected
+
+
+def _in_fork(child) -> int:
+    """Runs ``child()`` in a forked child; its exit status (0 = it returned)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child()
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported through the exit status
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("forked child hung")
+        time.sleep(0.01)
+
+
+def test_a_forked_child_cannot_touch_the_parents_message_or_loan_and_harms_nothing(pair):
+    tx, rx = pair
+    tx.send_bytes(b"parent's message")
+    msg = rx.recv_bytes()
+    loan = tx.loan(10)
+
+    def child():
+        with pytest.raises(BufferError, match="parent"):
+            memoryview(msg)
+        with pytest.raises(shmq.Forked):
+            loan.send()
+        with pytest.raises(BufferError, match="parent"):
+            memoryview(loan)
+        # Dropping them here changes nothing in the parent's queue.
+        del_msg, del_loan = msg, loan
+        del del_msg, del_loan
+
+    assert _in_fork(child) == 0
+    assert msg.tobytes() == b"parent's message"
+    loan.send()
+    msg.release()
+    assert rx.recv_bytes().tobytes() == bytes(10)
+    assert tx.wait_for_acks(5)
+
+
+def test_a_forked_child_uses_inherited_handles_as_its_own(pair):
+    tx, rx = pair
+
+    def child():
+        tx.send("from the child")  # attaches the child afresh on first use
+        tx.close()
+
+    assert _in_fork(child) == 0
+    assert rx.recv(timeout=30) == "from the child"
+    tx.send("parent still sends")
+    assert rx.recv(timeout=30) == "parent still sends"

@@ -18,7 +18,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
 import _procutil as pu
@@ -104,6 +103,33 @@ def test_dropin_both_children(ctx, how):
         assert pu.recv_conn(r) == [(3, i) for i in range(N)]
         assert ch.join(p) == 0
         assert ch.join(c) == 0
+
+
+@pytest.mark.parametrize("api", ["dropin", "native"])
+def test_queue_leaves_dev_shm_when_parent_closes_after_child_left(ctx, api):
+    """The hold the parent took to hand the queue over must not outlive the hand-over: a
+    child attached, produced and exited; the parent then closes its last endpoint, and
+    no process is attached any more, so the queue must be gone from /dev/shm."""
+    native = api == "native"
+    tx, rx = shmq.channel(8) if native else shmq.create_shared_memory_pair(8)
+    name = tx.name
+    with pu.Children(ctx) as ch:
+        if native:
+            p = ch.start(pu.native_produce, tx, 1, 3)
+            assert ch.join(p) == 0
+            tx.close()
+            got = [pu.decode(o) for o in rx]
+        else:
+            p = ch.start(pu.dropin_produce, tx, 1, 3, False)
+            tx.close()
+            got = [pu.decode(rx.get(timeout=60)) for _ in range(3)]
+            assert ch.join(p) == 0
+    assert got == [(1, i) for i in range(3)]
+    rx.close()
+    deadline = time.monotonic() + 10
+    while pu.queue_files(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pu.queue_files(name) == [], "still in /dev/shm 10 s after the last close"
 
 
 def test_dropin_three_producers_two_consumers(ctx):
@@ -262,6 +288,12 @@ def test_sigint_interrupts_blocked_get_in_child(ctx, api):
 # Whole programs in fresh interpreters
 
 
+def _assert_ok(r: subprocess.CompletedProcess) -> None:
+    """Exit status 0, stdout exactly "ok", and nothing at all on stderr."""
+    assert r.returncode == 0 and r.stderr == "", f"rc={r.returncode}\n{r.stderr}"
+    assert r.stdout == "ok\n"
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_program_with_child_producer_has_clean_stderr(method):
     code = f"""
@@ -283,7 +315,7 @@ def test_program_with_child_producer_has_clean_stderr(method):
             print("ok")
     """
     r = run_python(code)
-    assert (r.returncode, r.stdout, r.stderr) == (0, "ok\n", "")
+    _assert_ok(r)
 
 
 def test_program_exiting_with_unread_message_warns():
@@ -333,7 +365,7 @@ def test_program_1000_unread_messages_under_fd_limit_256():
         print("ok")
     """
     r = run_python(code)
-    assert (r.returncode, r.stdout, r.stderr) == (0, "ok\n", "")
+    _assert_ok(r)
 
 
 def test_program_200_pairs_keep_fds_and_dev_shm_bounded():
@@ -369,6 +401,43 @@ def test_program_200_pairs_keep_fds_and_dev_shm_bounded():
     r = run_python(code)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.startswith("ok "), r.stdout
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_program_handover_rounds_keep_fds_and_dev_shm_bounded(method):
+    """Rounds of: a new pair, its sender handed to a child that puts one message and
+    exits, the parent gets it and closes both. Nothing may accumulate across rounds."""
+    code = f"""
+        import multiprocessing, os, sys
+        sys.path.insert(0, {TESTS!r})
+        import shmq, _procutil
+
+        def entries():
+            return set(os.listdir("/dev/shm"))
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context({method!r})
+            before = entries()
+            names, counts = [], []
+            for i in range(30):
+                tx, rx = shmq.create_shared_memory_pair(4)
+                names.append(tx.name)
+                p = ctx.Process(target=_procutil.dropin_produce, args=(tx, 1, 1, False))
+                p.start()
+                tx.close()
+                assert _procutil.decode(rx.get(timeout=60)) == (1, 0)
+                p.join(60)
+                assert p.exitcode == 0, p.exitcode
+                rx.close()
+                del tx, rx
+                counts.append(len(os.listdir("/proc/self/fd")))
+            left = sorted(n for n in entries() if any(q in n for q in names))
+            assert max(counts[10:]) <= counts[9] + 4, ("fds", counts)
+            assert not left, ("left in /dev/shm", len(left), left[:4])
+            print("ok")
+    """
+    r = run_python(code)
+    _assert_ok(r)
 
 
 def _unshare_usable() -> str | None:
@@ -428,4 +497,4 @@ def test_program_full_dev_shm_raises_enospc_not_sigbus():
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode != -signal.SIGBUS and r.returncode != 128 + signal.SIGBUS, r
-    assert (r.returncode, r.stdout, r.stderr) == (0, "ok\n", "")
+    _assert_ok(r)
