@@ -23,7 +23,6 @@ Two APIs:
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator
 
 from . import _lifecycle, _pickling, _shmq
@@ -96,7 +95,7 @@ class _Endpoint:
     closed: bool
 
     def __init__(self, name_or_handle: Any) -> None:  # the native __new__ attached it
-        self._pid = os.getpid()
+        self._pid = _lifecycle.pid()
         _lifecycle.register(self)
 
     @classmethod

@@ -34,7 +34,7 @@ after a ``get`` finds the room (py-sharedmemory's ack travels through a thread a
 from __future__ import annotations
 
 import math
-import os
+import pickle
 import queue
 import threading
 import time
@@ -42,6 +42,8 @@ import warnings
 from typing import Any
 
 from . import _errors, _lifecycle, _pickling, _shmq
+
+_pickle_loads = pickle.loads
 
 #: Unread messages an "unbounded" pair holds before ``put`` waits. Each costs a 256-byte
 #: slot record in the queue's header, all initialised at creation: 8192 make a 2.2 MB
@@ -117,10 +119,12 @@ class SharedMemorySender:
         self.name: str = handle.name
         self._companion = _shmq.Receiver(self.name)
         self.capacity = capacity
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # threads waiting on _cond (for their own process's puts)
         self._reserved = 0
         self._closed = False
-        self._pid = os.getpid()
+        self._pid = _lifecycle.pid()
         _lifecycle.register(self)
 
     # -- state --------------------------------------------------------------------------
@@ -135,9 +139,11 @@ class SharedMemorySender:
 
     def _fresh(self) -> None:
         # A forked child's inherited sender: new local state (the core attaches it afresh).
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._cond = threading.Condition()
+        if self._pid != _lifecycle.pid():
+            self._pid = _lifecycle.pid()
+            self._lock = threading.Lock()
+            self._cond = threading.Condition(self._lock)
+            self._waiting = 0
             self._reserved = 0
             self._companion = _shmq.Receiver(self.name)
             _lifecycle.register(self)
@@ -145,18 +151,15 @@ class SharedMemorySender:
     # -- put ------------------------------------------------------------------------------
 
     def _reserve(self, deadline: float | None) -> None:
-        """Counts a put against ``capacity`` before it pickles (see the module doc)."""
-        limit = self.capacity
-        if not limit:
-            with self._cond:
-                self._reserved += 1
-            return
+        """Counts a put against ``capacity`` before it pickles (see the module doc), waiting
+        as ``deadline`` allows; the fast case is inlined in :meth:`put`."""
         while True:
-            with self._cond:
+            limit = self.capacity
+            with self._lock:
                 self._ensure_open()
                 mine = self._reserved
-                if mine < limit and mine + self._h.unacked() < limit:
-                    self._reserved += 1
+                if not limit or (mine < limit and mine + self._h.unacked() < limit):
+                    self._reserved = mine + 1
                     return
             left = _left(deadline)
             if left is not None and left <= 0:
@@ -170,48 +173,79 @@ class SharedMemorySender:
                     self._ensure_open()
                     raise
             else:
-                with self._cond:
-                    self._cond.wait(step)
+                # Room held by this process's own puts in progress: wait for them.
+                with self._lock:
+                    self._waiting += 1
+                    try:
+                        self._cond.wait(step)
+                    finally:
+                        self._waiting -= 1
 
-    def _unreserve(self) -> None:
-        with self._cond:
-            self._reserved -= 1
-            self._cond.notify_all()
+    def _send_slow(self, stream: list[Any], raws: list[Any], deadline: float | None) -> None:
+        """Sends a pickled message once the queue has room, as ``deadline`` allows."""
+        while True:
+            self._ensure_open()
+            left = _left(deadline)
+            step = _SLICE if left is None else min(left, _SLICE)
+            try:
+                self._h.send_parts(stream, raws, step > 0, step)
+                return
+            except _errors.Full:
+                if left is not None and left <= 0:
+                    raise queue.Full from None
+            except (_errors.Closed, _errors.Disconnected):
+                # Our own close() (in another thread) detached the companion receiver
+                # before this handle: report it as closed.
+                self._ensure_open()
+                if left is not None and left <= 0:
+                    raise queue.Full from None
+                time.sleep(min(step, 0.01))
 
     def put(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
         """Puts ``data`` (any picklable object). ``queue.Full`` if there is no room in time
         (at once with ``block=False`` or ``timeout <= 0``); ``BrokenPipeError`` if closed;
         ``OSError`` (``errno.ENOSPC``) if ``/dev/shm`` is full; pickling errors unchanged.
         Nothing is taken from the capacity when a put fails."""
-        timeout = _check_timeout(timeout)
-        self._fresh()
-        self._ensure_open()
-        deadline = _deadline(block, timeout)
-        self._reserve(deadline)
+        if timeout is not None and math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds, not NaN")
+        if self._pid != _lifecycle._pid:
+            self._fresh()
+        if self._closed:
+            raise BrokenPipeError("Sender is closed")
+        deadline: float | None = None
+        started = False
+        # Fast path: room at once (one uncontended lock, no clock read).
+        limit = self.capacity
+        with self._lock:
+            mine = self._reserved
+            if not limit or (mine < limit and mine + self._h.unacked() < limit):
+                self._reserved = mine + 1
+                started = True
+        if not started:
+            deadline = _deadline(block, timeout)
+            self._reserve(deadline)
         try:
             stream, raws, bufs = _pickling.dumps(data)
             try:
-                while True:
+                try:
+                    self._h.send_parts(stream, raws, False)
+                except _errors.Full:
+                    if deadline is None:
+                        deadline = _deadline(block, timeout)
+                    self._send_slow(stream, raws, deadline)
+                except (_errors.Closed, _errors.Disconnected):
                     self._ensure_open()
-                    left = _left(deadline)
-                    step = _SLICE if left is None else min(left, _SLICE)
-                    try:
-                        self._h.send_parts(stream, raws, step > 0, step)
-                        return
-                    except _errors.Full:
-                        if left is not None and left <= 0:
-                            raise queue.Full from None
-                    except (_errors.Closed, _errors.Disconnected):
-                        # Our own close() (in another thread) detached the companion
-                        # receiver before this handle: report it as closed.
-                        self._ensure_open()
-                        if left is not None and left <= 0:
-                            raise queue.Full from None
-                        time.sleep(min(step, 0.01))
+                    if deadline is None:
+                        deadline = _deadline(block, timeout)
+                    self._send_slow(stream, raws, deadline)
             finally:
-                _pickling.release(raws, bufs)
+                if raws:
+                    _pickling.release(raws, bufs)
         finally:
-            self._unreserve()
+            with self._lock:
+                self._reserved -= 1
+                if self._waiting:
+                    self._cond.notify_all()
 
     def put_nowait(self, data: Any) -> None:
         """``put(data, block=False)``."""
@@ -226,13 +260,13 @@ class SharedMemorySender:
         self._ensure_open()
         deadline = _deadline(True, timeout)
         while True:
-            with self._cond:
+            with self._lock:
                 busy = self._reserved > 0
             left = _left(deadline)
             if not busy:
                 try:
                     if self._h.wait_for_acks(left):
-                        with self._cond:
+                        with self._lock:
                             if self._reserved == 0:
                                 return True
                         continue
@@ -243,8 +277,12 @@ class SharedMemorySender:
                 return False
             if left is not None and left <= 0:
                 return False
-            with self._cond:
-                self._cond.wait(_SLICE if left is None else min(left, _SLICE))
+            with self._lock:
+                self._waiting += 1
+                try:
+                    self._cond.wait(_SLICE if left is None else min(left, _SLICE))
+                finally:
+                    self._waiting -= 1
             self._ensure_open()
 
     # -- close ------------------------------------------------------------------------------
@@ -263,7 +301,7 @@ class SharedMemorySender:
     def _close(self, warn: bool, stacklevel: int) -> None:
         if self._closed:
             return
-        if self._pid != os.getpid():
+        if self._pid != _lifecycle.pid():
             # Inherited from the parent and never used here: it is not ours to detach.
             self._closed = True
             return
@@ -325,7 +363,7 @@ class SharedMemoryReceiver:
         self._companion = _shmq.Sender(self.name)
         self._capacity = capacity
         self._closed = False
-        self._pid = os.getpid()
+        self._pid = _lifecycle.pid()
         _lifecycle.register(self)
 
     @property
@@ -338,21 +376,28 @@ class SharedMemoryReceiver:
         ``block=False`` or ``timeout <= 0``); ``BrokenPipeError`` if closed."""
         if self._closed:
             raise BrokenPipeError("Receiver is closed")
-        timeout = _check_timeout(timeout)
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if timeout is not None and math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds, not NaN")
+        if self._pid != _lifecycle._pid:
+            self._pid = _lifecycle.pid()
             self._companion = _shmq.Sender(self.name)
             _lifecycle.register(self)
-        deadline = _deadline(block, timeout)
+        try:
+            msg = self._h.recv_bytes(False)  # the fast path: a message is waiting
+        except (_errors.Empty, _errors.Closed, _errors.Disconnected):
+            msg = self._get_slow(_deadline(block, timeout))
+        # Decoded (copying out-of-band buffers), then acknowledged, in one call.
+        return msg.unpickle(_pickle_loads, True)[1]
+
+    def _get_slow(self, deadline: float | None) -> Any:
         while True:
             left = _left(deadline)
             step = _SLICE if left is None else min(left, _SLICE)
             try:
-                msg = self._h.recv_bytes(step > 0, step)
+                return self._h.recv_bytes(step > 0, step)
             except _errors.Empty:
                 if left is not None and left <= 0:
                     raise queue.Empty from None
-                continue
             except (_errors.Closed, _errors.Disconnected):
                 # Closed by another thread (the companion sender goes with it); a
                 # Disconnected without that is a moment of a concurrent close: look again.
@@ -361,8 +406,6 @@ class SharedMemoryReceiver:
                 if left is not None and left <= 0:
                     raise queue.Empty from None
                 time.sleep(min(step, 0.01))
-                continue
-            return _pickling.loads(msg, True)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
@@ -374,7 +417,7 @@ class SharedMemoryReceiver:
         if self._closed:
             return
         self._closed = True
-        if self._pid == os.getpid():
+        if self._pid == _lifecycle.pid():
             self._h.close()
             self._companion.close()
             _lifecycle.sweep()

@@ -67,7 +67,7 @@ def local_open(name: str, besides: object = None) -> int:
             1
             for e in list(_endpoints)
             if e is not besides and getattr(e, "name", None) == name and not e.closed
-            and getattr(e, "_pid", None) == os.getpid()
+            and getattr(e, "_pid", None) == _pid
         )
 
 
@@ -130,7 +130,7 @@ def _before_fork() -> None:
     # so hold every queue this process has an open endpoint of. Never raise from here.
     try:
         with _lock:
-            names = {e.name for e in list(_endpoints) if not e.closed and e._pid == os.getpid()}
+            names = {e.name for e in list(_endpoints) if not e.closed and e._pid == _pid}
         for name in names:
             hold(name)
     except Exception:
@@ -155,7 +155,7 @@ def _at_exit() -> None:
     # really go with the queue (and then warns, as py-sharedmemory does at exit).
     for e in sorted(_endpoints, key=lambda e: hasattr(e, "put")):
         try:
-            if getattr(e, "_pid", None) == os.getpid():
+            if getattr(e, "_pid", None) == _pid:
                 e._close_at_exit()
         except Exception:
             pass
@@ -188,6 +188,13 @@ def _register_exit() -> None:
 
 
 _pid = os.getpid()
+
+
+def pid() -> int:
+    """This process's pid, kept current across ``fork`` (no system call per use)."""
+    return _pid
+
+
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
 # `multiprocessing` clears its finalizers in a forked child: register again there.

@@ -484,6 +484,53 @@ fn write_pickled(dst: &mut [u8], stream: &[Piece], bufs: &[Piece], layout: &Layo
     }
 }
 
+/// Reads a pickled message's layout (see the module doc), checking every range against
+/// the message: shared memory is untrusted. `total` is where the stream ends.
+fn parse_layout(b: &[u8]) -> Result<Layout, &'static str> {
+    if b.len() < HEADER || &b[..8] != MAGIC {
+        return Err("no pickle header");
+    }
+    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let nbufs = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")) as usize;
+    let stream_len = word(16);
+    let stream_at = nbufs
+        .checked_mul(16)
+        .and_then(|n| n.checked_add(HEADER))
+        .filter(|&s| s <= b.len())
+        .ok_or("buffer count out of range")?;
+    let stream_end = (stream_at as u64)
+        .checked_add(stream_len)
+        .filter(|&e| e <= b.len() as u64)
+        .ok_or("stream out of range")?;
+    let mut at = Vec::with_capacity(nbufs);
+    let mut prev = stream_end;
+    for i in 0..nbufs {
+        let (off, len) = (word(HEADER + 16 * i), word(HEADER + 16 * i + 8));
+        let end = off
+            .checked_add(len)
+            .filter(|&e| off >= prev && e <= b.len() as u64)
+            .ok_or("buffer out of range")?;
+        at.push((off as usize, len as usize));
+        prev = end;
+    }
+    Ok(Layout {
+        stream_at,
+        at,
+        total: stream_end as usize,
+    })
+}
+
+fn not_pickled(py: Python<'_>, why: &str) -> PyErr {
+    raise(
+        py,
+        "NotPickled",
+        (format!(
+            "this message was not sent by Sender.send (a pickled object): {why}; \
+             read it with recv_bytes()"
+        ),),
+    )
+}
+
 /// The sending side of a queue (`shmq.Sender` subclasses it).
 #[pyclass(subclass, module = "shmq._shmq", name = "Sender")]
 struct PySender {
@@ -1127,51 +1174,64 @@ impl PyMessage {
     /// Where the parts of a pickled message are: `(stream_offset, stream_len,
     /// [(offset, len), ...])`, each range checked against the message.
     fn pickle_layout<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let b = self.bytes()?;
-        let bad = |why: &str| {
-            raise(
-                py,
-                "NotPickled",
-                (format!(
-                    "this message was not sent by Sender.send (a pickled object): {why}; \
-                     read it with recv_bytes()"
-                ),),
-            )
-        };
-        if b.len() < HEADER || &b[..8] != MAGIC {
-            return Err(bad("no pickle header"));
-        }
-        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-        let nbufs = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")) as usize;
-        let stream_len = word(16);
-        let stream_at = nbufs
-            .checked_mul(16)
-            .and_then(|n| n.checked_add(HEADER))
-            .filter(|&s| s <= b.len())
-            .ok_or_else(|| bad("buffer count out of range"))?;
-        let stream_end = (stream_at as u64)
-            .checked_add(stream_len)
-            .filter(|&e| e <= b.len() as u64)
-            .ok_or_else(|| bad("stream out of range"))?;
+        let l = parse_layout(self.bytes()?).map_err(|why| not_pickled(py, why))?;
         let list = PyList::empty(py);
-        let mut prev = stream_end;
-        for i in 0..nbufs {
-            let (off, len) = (word(HEADER + 16 * i), word(HEADER + 16 * i + 8));
-            let end = off
-                .checked_add(len)
-                .filter(|&e| off >= prev && e <= b.len() as u64);
-            let end = end.ok_or_else(|| bad("buffer out of range"))?;
+        for (off, len) in l.at {
             list.append((off, len))?;
-            prev = end;
         }
         PyTuple::new(
             py,
             [
-                stream_at.into_pyobject(py)?.into_any(),
-                stream_len.into_pyobject(py)?.into_any(),
+                l.stream_at.into_pyobject(py)?.into_any(),
+                (l.total - l.stream_at).into_pyobject(py)?.into_any(),
                 list.into_any(),
             ],
         )
+    }
+
+    /// Unpickles the message with `loads` (``pickle.loads``) and acknowledges it, when that
+    /// needs no view of shared memory to outlive the call: with `copy` (out-of-band
+    /// buffers copied into new `bytearray` objects) or when there are none. Returns
+    /// `(True, obj)`, or `(False, None)` for the caller to build zero-copy views. The
+    /// message is acknowledged also when `loads` raises (the error propagates).
+    fn unpickle<'py>(
+        slf: &Bound<'py, Self>,
+        loads: &Bound<'py, PyAny>,
+        copy: bool,
+    ) -> PyResult<(bool, Bound<'py, PyAny>)> {
+        let py = slf.py();
+        let me = slf.get();
+        let l = parse_layout(me.bytes()?).map_err(|why| not_pickled(py, why))?;
+        if !copy && !l.at.is_empty() {
+            return Ok((false, py.None().into_bound(py)));
+        }
+        let r = (|| {
+            let bufs = PyList::empty(py);
+            for &(off, len) in &l.at {
+                bufs.append(me.copy_range(py, off, len)?)?;
+            }
+            let stream = &me.bytes()?[l.stream_at..l.total];
+            // SAFETY: a read-only memoryview over the stream, which stays mapped and
+            // unwritten while the message is held: it is released below, before the
+            // message, and pickle keeps no reference to its input.
+            let view = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyMemoryView_FromMemory(
+                        stream.as_ptr() as *mut _,
+                        stream.len() as ffi::Py_ssize_t,
+                        ffi::PyBUF_READ,
+                    ),
+                )?
+            };
+            let kw = pyo3::types::PyDict::new(py);
+            kw.set_item("buffers", bufs)?;
+            let out = loads.call((&view,), Some(&kw));
+            view.call_method0("release")?;
+            out
+        })();
+        me.release(py)?;
+        Ok((true, r?))
     }
 
     /// Acknowledges the message now. Refused (`BufferError`) while views of it are open.
