@@ -55,6 +55,11 @@ pub struct QueueInfo {
     pub discarded: u64,
     /// Every taken participant record.
     pub participants: Vec<ParticipantInfo>,
+    /// Every participant record, free or taken, in index order. A record's generation
+    /// grows by one each time a participant leaves it, and its pid stays the last
+    /// occupant's, so comparing two snapshots shows who attached (and maybe left) between
+    /// them.
+    pub records: Vec<RecordInfo>,
     /// Words of the queue's memory that no correct participant writes, each naming the
     /// structure and where: empty for a healthy queue. A queue with problems answers
     /// `Corrupt` where a participant meets them; see [`RECOVER_ADVICE`].
@@ -67,7 +72,19 @@ participant writes (a process wrote over it?): drain what the receivers can stil
 (they get `Corrupt` where the damage is), then create a new queue and move the producers \
 to it; once every process has left, `shmq gc --force` removes the old one";
 
-/// A snapshot of one participant record.
+/// One participant record, as [`QueueInfo::records`] lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordInfo {
+    /// Times the record was left (by its owner or by a recovery), modulo 2³².
+    pub generation: u32,
+    /// Whether a participant holds it now.
+    pub active: bool,
+    /// The pid of its current or last occupant (0 if never used).
+    pub pid: u32,
+}
+
+/// A snapshot of one participant (an ACTIVE record).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ParticipantInfo {
@@ -121,8 +138,14 @@ pub fn inspect(name: &str) -> Result<QueueInfo, Error> {
         }
     }
     let mut participants = Vec::new();
+    let mut records = Vec::with_capacity(q.parts.len());
     for (i, rec) in q.parts.iter().enumerate() {
         let w = rec.state.load(Acquire);
+        records.push(RecordInfo {
+            generation: crate::layout::part_gen(w),
+            active: part_role(w).is_some(),
+            pid: rec.pid.load(Relaxed),
+        });
         let Some(role) = part_role(w) else { continue };
         let locked =
             crate::os::is_locked(&probe, crate::os::part_lock_byte(i as u16)).unwrap_or(true);
@@ -167,6 +190,7 @@ pub fn inspect(name: &str) -> Result<QueueInfo, Error> {
         dead_letters: c.dead_letters.load(Relaxed),
         discarded: c.discarded.load(Relaxed),
         participants,
+        records,
         problems: problems(&q, &dims),
     })
 }

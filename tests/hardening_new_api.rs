@@ -274,3 +274,27 @@ fn unacked_counts_this_senders_messages_and_wait_for_acks_below_wakes_on_an_ack(
     assert_eq!(tx.unacked(), 0);
     assert!(tx.wait_for_acks_below(0, Some(Duration::ZERO)).is_ok());
 }
+
+/// `QueueInfo::records` lists every participant record, free ones too: a handle that
+/// attached and left leaves its pid and a new generation behind, so two snapshots show
+/// that someone came and went between them (what the Python binding's hand-over holds
+/// rely on).
+#[test]
+fn records_show_a_participant_that_came_and_went_between_two_snapshots() {
+    let (tx, _rx) = shmq::channel(4).unwrap();
+    let _guard = ShmGuard::for_name(tx.name());
+    let before = shmq::info::inspect(tx.name()).unwrap().records;
+    assert_eq!(before.len(), 64); // the default max_participants
+    let extra = shmq::Receiver::open(tx.name()).unwrap();
+    let during = shmq::info::inspect(tx.name()).unwrap().records;
+    drop(extra);
+    let after = shmq::info::inspect(tx.name()).unwrap().records;
+    let changed: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i] != after[i])
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let i = changed[0];
+    assert!(during[i].active && !after[i].active);
+    assert_eq!(after[i].generation, before[i].generation.wrapping_add(1));
+    assert_eq!(after[i].pid, std::process::id());
+}

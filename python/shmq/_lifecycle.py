@@ -9,11 +9,11 @@ neither sends nor receives (a supervisor record in the core), so it changes noth
 can observe (receivers still see ``Disconnected`` when the last sender leaves). A hold is
 let go once this process has no endpoint of the queue left **and** either another process
 is attached to it, or no ``multiprocessing`` child of this process is alive any more (none
-can still attach), or :data:`GRACE` seconds have passed since the last hand-over; and at
-exit. Holds are swept whenever this process creates, opens, pickles or closes an endpoint,
-so a program that creates and hands over queues in a loop keeps a bounded number. (A queue
-handed to children and closed here before they attached is therefore removed at this
-process's next shmq call or exit after they are done, not at the moment they leave.)
+can still attach), or 60 seconds have passed since the last hand-over; and at exit. The
+binding's watcher thread (``python/src/holds.rs``, Rust only, never taking the GIL) checks
+the first and last conditions every 20 ms while a hold exists; Python checks all three
+whenever this process creates, opens, pickles or closes an endpoint. So a queue handed to
+children and closed here goes as soon as they have attached and the last of them leaves.
 
 **Exit.** Python does not promise to finalize module globals, ``multiprocessing`` children
 end with ``os._exit``, and a SIGTERM with Python's default handler ends the process without
@@ -34,20 +34,12 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import time
 import weakref
 from multiprocessing import util as mp_util
 
 from . import _shmq
 
-#: Seconds a hold outlives the last hand-over of its queue when no other process has
-#: attached yet (a child that takes longer to start than this, with every other copy of
-#: the queue closed, finds it gone).
-GRACE = 60.0
-
 _lock = threading.RLock()
-# name -> (hold, time of the last hand-over)
-_holds: dict[str, tuple[_shmq.Hold, float]] = {}
 # Every open endpoint of this process (native and drop-in), for the exit and the sweep.
 _endpoints: "weakref.WeakSet[object]" = weakref.WeakSet()
 _exiting = False
@@ -73,37 +65,18 @@ def local_open(name: str, besides: object = None) -> int:
 
 def hold(name: str) -> None:
     """Keeps queue ``name`` alive while it is handed to another process (see the module)."""
-    with _lock:
-        entry = _holds.get(name)
-        if entry is not None:
-            _holds[name] = (entry[0], time.monotonic())
-            return
-        try:
-            h = _shmq.Hold(name)
-        except Exception:
-            return  # the queue is gone or unusable: the receiving side will say so
-        _holds[name] = (h, time.monotonic())
+    _shmq.hold(name)
 
 
 def held(name: str) -> bool:
-    with _lock:
-        return name in _holds
+    return _shmq.held(name)
 
 
 def sweep() -> None:
-    """Lets go of holds that are no longer needed (see the module doc)."""
-    now = time.monotonic()
-    with _lock:
-        for name, (h, since) in list(_holds.items()):
-            if local_open(name):
-                continue  # still used here; our endpoints may close at any moment
-            try:
-                others, _ = _shmq.peers(name)
-            except Exception:
-                others = 1  # the queue is gone or unreadable: nothing left to hold
-            if others > 0 or now - since >= GRACE or not _children_alive():
-                del _holds[name]
-                h.close()
+    """Lets go of holds that are no longer needed (see the module doc); the watcher
+    thread of the binding does the same every 20 ms, except for the children check."""
+    if _shmq.held_any():
+        _shmq.sweep_holds(not _children_alive())
 
 
 def _children_alive() -> bool:
@@ -116,13 +89,6 @@ def _children_alive() -> bool:
         return bool(multiprocessing.active_children())
     except Exception:
         return True
-
-
-def release_hold(name: str) -> None:
-    with _lock:
-        entry = _holds.pop(name, None)
-    if entry is not None:
-        entry[0].close()
 
 
 def _before_fork() -> None:
@@ -138,11 +104,10 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The inherited holds are the parent's: forget them without touching shared memory
-    # (dropping an inherited core handle in a child changes nothing shared).
+    # The inherited holds are the parent's; the binding starts a state of its own in the
+    # child (holds.rs) and never touches them.
     global _lock
     _lock = threading.RLock()
-    _holds.clear()
     _register_exit()
 
 
@@ -159,14 +124,7 @@ def _at_exit() -> None:
                 e._close_at_exit()
         except Exception:
             pass
-    with _lock:
-        entries = list(_holds.values())
-        _holds.clear()
-    for h, _ in entries:
-        try:
-            h.close()
-        except Exception:
-            pass
+    _shmq.release_holds()
     _shmq.release_all()
 
 

@@ -54,6 +54,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyList, PyTuple};
 
+mod holds;
+
 /// The longest a blocking call sleeps without checking signals and `close()`.
 const SLICE: Duration = Duration::from_millis(50);
 /// Copies at least this long run with the GIL released.
@@ -536,6 +538,8 @@ fn not_pickled(py: Python<'_>, why: &str) -> PyErr {
 struct PySender {
     h: Slot<shmq::Sender>,
     name: String,
+    /// The process that opened it (and counted it in `holds::opened`).
+    pid: u32,
 }
 
 impl PySender {
@@ -611,9 +615,11 @@ impl PySender {
     #[new]
     fn new(py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Self> {
         let tx = sender_from(py, name)?;
+        holds::opened(tx.name());
         Ok(PySender {
             name: tx.name().to_string(),
             h: Slot::new(tx),
+            pid: std::process::id(),
         })
     }
 
@@ -756,6 +762,9 @@ impl PySender {
     /// Detaches this sender (idempotent). Messages it sent stay queued for receivers.
     fn close(&self, py: Python<'_>) {
         if let Some(h) = self.h.close() {
+            if self.pid == std::process::id() {
+                holds::closed(&self.name);
+            }
             py.detach(|| drop(h));
         }
     }
@@ -763,6 +772,22 @@ impl PySender {
     fn __repr__(&self) -> String {
         let state = if self.h.is_closed() { "closed" } else { "open" };
         format!("<shmq.Sender {:?} {state}>", self.name)
+    }
+}
+
+impl Drop for PySender {
+    fn drop(&mut self) {
+        if self.h.close().is_some() && self.pid == std::process::id() {
+            holds::closed(&self.name);
+        }
+    }
+}
+
+impl Drop for PyReceiver {
+    fn drop(&mut self) {
+        if self.h.close().is_some() && self.pid == std::process::id() {
+            holds::closed(&self.name);
+        }
     }
 }
 
@@ -949,6 +974,8 @@ impl PyLoan {
 struct PyReceiver {
     h: Slot<shmq::Receiver>,
     name: String,
+    /// The process that opened it (and counted it in `holds::opened`).
+    pid: u32,
 }
 
 #[pymethods]
@@ -957,9 +984,11 @@ impl PyReceiver {
     #[new]
     fn new(py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Self> {
         let rx = receiver_from(py, name)?;
+        holds::opened(rx.name());
         Ok(PyReceiver {
             name: rx.name().to_string(),
             h: Slot::new(rx),
+            pid: std::process::id(),
         })
     }
 
@@ -1014,6 +1043,9 @@ impl PyReceiver {
     /// Detaches this receiver (idempotent).
     fn close(&self, py: Python<'_>) {
         if let Some(h) = self.h.close() {
+            if self.pid == std::process::id() {
+                holds::closed(&self.name);
+            }
             py.detach(|| drop(h));
         }
     }
@@ -1275,39 +1307,41 @@ impl PyMessage {
 // ---------------------------------------------------------------------------------------
 // Administration
 
-/// Attaches this process to queue `name` without sending or receiving: while the returned
-/// object lives, the queue is not removed (hand-over to a process that has not attached yet).
-#[pyclass(module = "shmq._shmq", name = "Hold")]
-struct Hold {
-    inner: Mutex<Option<shmq::Supervisor>>,
-    pid: u32,
+/// Keeps queue `name` alive for a hand-over (see `holds.rs`); refreshes an existing hold.
+/// A queue that cannot be opened is left alone (the receiving side will say why).
+#[pyfunction]
+fn hold(py: Python<'_>, name: String) {
+    let _ = py.detach(|| holds::hold(&name));
 }
 
-#[pymethods]
-impl Hold {
-    #[new]
-    fn new(py: Python<'_>, name: String) -> PyResult<Hold> {
-        let s = py
-            .detach(|| shmq::Supervisor::open(&name))
-            .map_err(|e| core_err(py, e))?;
-        Ok(Hold {
-            inner: Mutex::new(Some(s)),
-            pid: std::process::id(),
-        })
-    }
+/// Whether this process holds queue `name` for a hand-over.
+#[pyfunction]
+fn held(name: &str) -> bool {
+    holds::held(name)
+}
 
-    /// Lets go of the queue (idempotent).
-    fn close(&self, py: Python<'_>) {
-        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(s) = s {
-            if self.pid == std::process::id() {
-                py.detach(|| drop(s));
-            } else {
-                // An inherited hold: dropping it in the child changes nothing shared.
-                drop(s);
-            }
-        }
-    }
+/// Whether this process holds any queue for a hand-over.
+#[pyfunction]
+fn held_any() -> bool {
+    holds::held_any()
+}
+
+/// Open endpoints of queue `name` in this process.
+#[pyfunction]
+fn local_open(name: &str) -> usize {
+    holds::local(name)
+}
+
+/// Lets go of the holds no longer needed (`no_children`: no child can still attach).
+#[pyfunction]
+fn sweep_holds(py: Python<'_>, no_children: bool) {
+    py.detach(|| holds::sweep(no_children));
+}
+
+/// Lets go of every hold (at exit).
+#[pyfunction]
+fn release_holds(py: Python<'_>) {
+    py.detach(holds::release_all);
 }
 
 /// How many live processes other than this one are attached to queue `name`, and how many
@@ -1356,12 +1390,17 @@ fn _shmq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyReceiver>()?;
     m.add_class::<PyLoan>()?;
     m.add_class::<PyMessage>()?;
-    m.add_class::<Hold>()?;
     m.add_class::<Wrapped>()?;
     m.add_function(wrap_pyfunction!(create, m)?)?;
     m.add_function(wrap_pyfunction!(peers, m)?)?;
     m.add_function(wrap_pyfunction!(gc, m)?)?;
     m.add_function(wrap_pyfunction!(release_all, m)?)?;
+    m.add_function(wrap_pyfunction!(hold, m)?)?;
+    m.add_function(wrap_pyfunction!(held, m)?)?;
+    m.add_function(wrap_pyfunction!(held_any, m)?)?;
+    m.add_function(wrap_pyfunction!(local_open, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep_holds, m)?)?;
+    m.add_function(wrap_pyfunction!(release_holds, m)?)?;
     m.add("MAX_MESSAGE_SIZE", shmq::MAX_MESSAGE_SIZE)?;
     m.add("SLICE_SECONDS", SLICE.as_secs_f64())?;
     Ok(())
