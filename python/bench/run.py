@@ -1093,10 +1093,12 @@ def main(argv: list[str] | None = None) -> int:
     sampler.stop.set()
     meta["elapsed_s"] = time.perf_counter() - t_start
     meta["load_end"] = loadavg()
-    meta["leftovers"] = leftovers
-    write_outputs(args.out, meta, runs, pingpong, systems)
     removed = [e for e in leftovers if "(" not in e]
-    noted = [e for e in leftovers if "(" in e]
+    # Noted entries (not ours to remove) that are gone by now were not leaks.
+    noted = [e for e in leftovers if "(" in e
+             and os.path.exists("/dev/shm/" + e.split(" (")[0])]
+    meta["leftovers"] = removed + noted
+    write_outputs(args.out, meta, runs, pingpong, systems)
     print(f"done in {meta['elapsed_s'] / 60:.1f} min → {args.out}/results.md"
           + (f"; removed from /dev/shm: {removed}" if removed else "")
           + (f"; noted in /dev/shm: {noted}" if noted else ""), flush=True)
