@@ -64,6 +64,7 @@ TOPOLOGIES = {
         Topology("4to2-cap16", 4, 2, 16, "4 producers → 2 consumers, capacity 16"),
     )
 }
+KEEP_BELOW = GiB  # from this size on, every repetition starts its processes afresh
 DEFAULT_SIZES = [KiB, 10 * KiB, 100 * KiB, MiB, 10 * MiB, 100 * MiB, GiB]
 QUICK_SIZES = [KiB, 100 * KiB, 10 * MiB]
 
@@ -201,7 +202,16 @@ def clean_leftovers(before: set[str], shmq_names: list[str]) -> list[str]:
             os.unlink("/dev/shm/" + e)
             removed.append(e)
         except FileNotFoundError:
-            pass
+            continue
+        if e.startswith("psm_"):
+            # Registered by the (killed) child with the resource tracker this process
+            # shares with its children: forget it there too, or the tracker warns at exit.
+            try:
+                from multiprocessing import resource_tracker
+
+                resource_tracker.unregister("/" + e, "shared_memory")
+            except Exception:
+                pass
     return removed + [f"{e} (still in use, left)" for e in sorted(busy)] + sem_note
 
 
@@ -492,6 +502,8 @@ class CellRun:
         self.names: list[str] = []
         self.problems: list[tuple[str, str]] = []
         self.leftovers: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.restarts = 0
 
     def _runner(self, system: str) -> Runner:
         r = Runner(self.ctx, self.args, self.topo, system, self.kind, self.size, self.count,
@@ -499,33 +511,39 @@ class CellRun:
         self.names += r.names
         return r
 
-    def run(self, system: str, rep: int, sampler: Sampler, keep: bool) -> dict:
-        if keep:
-            r = self.runners.get(system)
-            if r is None:
-                r = self.runners[system] = self._runner(system)
-            res = r.rep(rep, sampler)
-            res["start_s"] = r.start_s if rep == 0 or r.dead else 0.0
-            return res
-        before = set(os.listdir("/dev/shm"))
-        r = self._runner(system)
-        res = self.run_one(r, rep, sampler)
-        names = r.names
-        del r
-        gc.collect()
-        left = clean_leftovers(before, names)
-        if left:
-            res["leftovers_removed"] = left
-            self.leftovers += left
+    def run(self, system: str, rep: int, sampler: Sampler) -> dict:
+        """One repetition of ``system``. Its processes stay for the next repetition as long
+        as memory allows: before a repetition, idle systems' processes are stopped until
+        the available memory covers this case's estimated peak plus ``--mem-margin`` (they
+        start afresh when their turn comes again)."""
+        failed = self.failed.get(system)
+        if failed:
+            return {"system": system, "topology": self.topo.key, "kind": self.kind,
+                    "size": self.size, "rep": rep, "ok": False,
+                    "error": f"not run: an earlier repetition failed ({failed[:80]})"}
+        need = mem_estimate(self.topo, self.size, self.cap) + self.args.mem_margin
+        for other in sorted(self.runners, key=lambda x: x != system):
+            if mem_available() >= need:
+                break
+            if other != system:
+                self._stop(other)
+                self.restarts += 1
+        r = self.runners.get(system)
+        fresh = r is None
+        if fresh:
+            r = self.runners[system] = self._runner(system)
+        res = r.rep(rep, sampler)
+        res["start_s"] = r.start_s if fresh else 0.0
+        if r.dead:
+            self.failed[system] = r.dead
+            self._stop(system)
+        elif self.size >= KEEP_BELOW:
+            self._stop(system)  # huge payloads: no idle processes holding gigabytes
         return res
 
-    def run_one(self, r: Runner, rep: int, sampler: Sampler) -> dict:
-        res = r.rep(rep, sampler)
-        res["start_s"] = r.start_s
-        res["problems_at_close"] = r.close()
-        if res["problems_at_close"]:
-            self.problems += [(r.system, p) for p in res["problems_at_close"]]
-        return res
+    def _stop(self, system: str) -> None:
+        r = self.runners.pop(system)
+        self.problems += [(system, p) for p in r.close()]
 
     def close(self) -> tuple[list[tuple[str, str]], list[str]]:
         for system, r in self.runners.items():
@@ -641,7 +659,7 @@ def plan_count(size: int, args, topo: Topology) -> int:
 
 
 def plan_warm(count_per_producer: int, size: int) -> int:
-    lo = 1 if size >= 256 * MiB else 2
+    lo = 1 if size >= 10 * MiB else 2
     return int(min(max(count_per_producer // 8, lo), 100))
 
 
@@ -667,7 +685,7 @@ def skip_reason(args, topo: Topology, system: str, size: int, cap: int) -> str |
 
 
 def cell_skip(args, topo: Topology, size: int, cap: int) -> str | None:
-    if topo.capacity > 2 and cap <= 2:
+    if topo.producers == 1 and topo.capacity > 2 and cap <= 2:
         return (f"capacity × size limited to --queue-bytes {fmt_size(args.queue_bytes)}: "
                 f"the depth would be 2, the capacity-2 case")
     est = mem_estimate(topo, size, cap)
@@ -680,6 +698,10 @@ def cell_skip(args, topo: Topology, size: int, cap: int) -> str | None:
 
 
 # -- summaries and output ------------------------------------------------------------------
+
+
+def short_list(xs: list[str], n: int = 4) -> str:
+    return ", ".join(xs[:n]) + (f" and {len(xs) - n} more" if len(xs) > n else "")
 
 
 def quartiles(xs: list[float]) -> tuple[float, float]:
@@ -772,7 +794,8 @@ def write_markdown(path: str, meta: dict, summary: list[dict], pingpong: list[di
                 L.append("py-sharedmemory allows one producing process per pair, so it runs as "
                          "**4 pairs** (one per producer, capacity 4 each), consumer *c* reading "
                          "pairs *c* and *c*+2 alternately; every other system is one queue "
-                         "shared by all six processes, ended by one marker per consumer.\n")
+                         "shared by all six processes, each consumer taking its exact share "
+                         "of the messages.\n")
             L.append("| size | msgs | " + " | ".join(SHORT[x] for x in systems) + " |")
             L.append("|---|---:|" + "---:|" * len(systems))
             for sz in rows:
@@ -848,9 +871,13 @@ def write_markdown(path: str, meta: dict, summary: list[dict], pingpong: list[di
                 L.append(f"| {fmt_size(sz)} | " + " | ".join(cells) + " |")
             L.append("")
     L.append("## Notes\n")
-    L.append(f"- Messages per case: about {fmt_size(meta['args']['bytes_per_case'])} per case, "
-             f"at least {meta['args']['min_count']} and at most {meta['args']['max_count']} "
-             "messages; warm-up: an eighth of that per producer (1–100) through the same queue.")
+    L.append(f"- Messages per case: about {fmt_size(meta['args']['bytes_per_case'])}, at least "
+             f"{meta['args']['min_count']} (and 4 per producer), at most "
+             f"{meta['args']['max_count']}; before each repetition, a warm-up of an eighth of "
+             "that per producer (2–100; 1–100 from 10 MB) through the same queue.")
+    L.append("- Each system's processes are started once per cell and kept between "
+             "repetitions (idle while the others run), except at 1 GB and when memory runs "
+             "short; the start is never timed.")
     L.append("- Depth: a queue deeper than 2 is limited so that depth × size ≤ "
              f"{fmt_size(meta['args']['queue_bytes'])} (`--queue-bytes`); faster-fifo's ring "
              f"buffer to {fmt_size(meta['args']['ff_buffer'])} (`--ff-buffer`), which bounds "
@@ -860,7 +887,8 @@ def write_markdown(path: str, meta: dict, summary: list[dict], pingpong: list[di
     for f in fails:
         L.append(f"- ² {f}")
     if meta.get("leftovers"):
-        L.append(f"- Removed from /dev/shm after cases: {meta['leftovers']}")
+        L.append(f"- /dev/shm after cases (removed unless marked): "
+                 f"{short_list(meta['leftovers'])}")
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
 
@@ -959,6 +987,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-budget", type=parse_size, default=None,
                     help="skip cases whose estimated peak memory exceeds this "
                          "(default: 60%% of MemAvailable at start)")
+    ap.add_argument("--mem-margin", type=parse_size, default=4 * GiB,
+                    help="memory to leave free beyond a case's estimated peak; idle "
+                         "systems' processes are stopped to keep it (default 4G)")
     ap.add_argument("--timeout-scale", type=float, default=1.0,
                     help="multiplies every case's time bound")
     args = ap.parse_args(argv)
@@ -1022,20 +1053,16 @@ def main(argv: list[str] | None = None) -> int:
                                  "rep": 0, "ok": False, "skipped": why})
                 else:
                     active.append(x)
-            # Keep every system's processes for the whole cell when they fit in memory
-            # together; otherwise start them afresh for each repetition.
-            keep = len(active) * mem_estimate(topo, size, cap) <= args.mem_budget
-            print(f"{head}: {count} msgs, depth {cap}, bound {bound:.0f} s"
-                  + ("" if keep else ", processes per repetition"), flush=True)
+            print(f"{head}: {count} msgs, depth {cap}, bound {bound:.0f} s", flush=True)
             cell = CellRun(ctx, args, topo, kind, size, count, warm, cap, bound)
             try:
                 for rep in range(args.reps):
                     order = active[rep % len(active):] + active[:rep % len(active)]
                     for x in order:
-                        r = cell.run(x, rep, sampler, keep)
+                        r = cell.run(x, rep, sampler)
                         r["load"] = loadavg()[0]
                         runs.append(r)
-                        if not r["ok"]:
+                        if not r["ok"] and not r.get("error", "").startswith("not run"):
                             print(f"    {SHORT[x]:<13} rep {rep}: FAILED {r.get('error')}",
                                   flush=True)
                             if r.get("trace"):
@@ -1052,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
                             r.setdefault("warnings", []).append(p)
                             break
                 if left:
-                    print(f"    /dev/shm leftovers: {left}", flush=True)
+                    print(f"    /dev/shm: {short_list(left)}", flush=True)
             cell_runs = [r for r in runs if r["topology"] == topo.key and r["kind"] == kind
                          and r["size"] == size and r.get("ok")]
             base = statistics.median([r["seconds"] for r in cell_runs if r["system"] == "mpq"]
@@ -1064,8 +1091,9 @@ def main(argv: list[str] | None = None) -> int:
                     med = statistics.median(secs)
                     parts.append(f"{SHORT[x]} {count * size / med / 1e6:,.0f} MB/s"
                                  f" ({base / med:.2f}×)")
-            print(f"    {' | '.join(parts)}  [{time.perf_counter() - t_cell:.0f} s, "
-                  f"total {(time.perf_counter() - t_start) / 60:.1f} min]", flush=True)
+            print(f"    {' | '.join(parts)}  [{time.perf_counter() - t_cell:.0f} s"
+                  + (f", {cell.restarts} restarts for memory" if cell.restarts else "")
+                  + f", total {(time.perf_counter() - t_start) / 60:.1f} min]", flush=True)
 
         pingpong: list[dict] = []
         if not args.no_pingpong:
@@ -1100,8 +1128,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["leftovers"] = removed + noted
     write_outputs(args.out, meta, runs, pingpong, systems)
     print(f"done in {meta['elapsed_s'] / 60:.1f} min → {args.out}/results.md"
-          + (f"; removed from /dev/shm: {removed}" if removed else "")
-          + (f"; noted in /dev/shm: {noted}" if noted else ""), flush=True)
+          + (f"; removed from /dev/shm: {short_list(removed)}" if removed else "")
+          + (f"; noted in /dev/shm: {short_list(noted)}" if noted else ""), flush=True)
     return 0
 
 

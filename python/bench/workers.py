@@ -17,7 +17,6 @@ the first warm-up message of each producer it sees.
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 import zlib
@@ -98,6 +97,21 @@ def proc_mem(pid: int | str = "self") -> dict[str, int]:
 # -- per-system endpoints ----------------------------------------------------------------
 
 
+def _ff_retry(call, timeout: float, *args: Any) -> Any:
+    """faster-fifo's blocking ``get``/``put`` can raise ``Empty``/``Full`` long before their
+    timeout when another process took the message (or the room) it was woken for (seen
+    here with 2 consumers); retry until the timeout really passed."""
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(*args, True, max(deadline - time.monotonic(), 0.001))
+        except (queue.Empty, queue.Full):
+            if time.monotonic() >= deadline:
+                raise
+
+
 class _Put:
     """The producing side of one system, for one producer."""
 
@@ -106,7 +120,7 @@ class _Put:
         self.h = handle
         self.timeout = spec["bound"]
         if system == "ff":
-            self.put = lambda m: handle.put(m, True, self.timeout)
+            self.put = lambda m: _ff_retry(handle.put, self.timeout, m)
         elif system in ("mpq", "pysm", "dropin"):
             self.put = lambda m: handle.put(m, True, self.timeout)
         elif system == "native":
@@ -156,7 +170,9 @@ class _Get:
             if self.kind == "f32":
                 u8 = np.frombuffer(m, np.float32).view(np.uint8)  # the zero-copy array
             return p, seq, u8, m
-        if s in ("mpq", "ff", "pysm", "dropin"):
+        if s == "ff":
+            msg = _ff_retry(self.h.get, self.timeout)
+        elif s in ("mpq", "pysm", "dropin"):
             msg = self.h.get(True, self.timeout)
         else:  # native: zero-copy arrays (read-only views of shared memory)
             msg = self.h.recv(True, self.timeout)

@@ -7,13 +7,17 @@ has attached would remove the queue under the child. So whenever an endpoint is 
 and before every ``fork``, this process takes a *hold* on the queue: an attachment that
 neither sends nor receives (a supervisor record in the core), so it changes nothing a peer
 can observe (receivers still see ``Disconnected`` when the last sender leaves). A hold is
-let go once this process has no endpoint of the queue left **and** either another process
-is attached to it, or no ``multiprocessing`` child of this process is alive any more (none
-can still attach), or 60 seconds have passed since the last hand-over; and at exit. The
-binding's watcher thread (``python/src/holds.rs``, Rust only, never taking the GIL) checks
-the first and last conditions every 20 ms while a hold exists; Python checks all three
-whenever this process creates, opens, pickles or closes an endpoint. So a queue handed to
-children and closed here goes as soon as they have attached and the last of them leaves.
+let go once this process has no endpoint of the queue left **and** either as many other
+processes have attached since the first hand-over as there were hand-overs (each pickle,
+each fork with an endpoint open), or no child process of this process is alive any more
+(none can still attach), or 60 seconds have passed since the last hand-over; and at exit.
+The binding's watcher thread (``python/src/holds.rs``, Rust only, never taking the GIL)
+checks every 20 ms while a hold exists; Python checks too whenever this process creates,
+opens, pickles or closes an endpoint (with ``multiprocessing``'s view of its children). So
+a queue handed to two children and closed here survives the first child's leaving before
+the second attached, and goes when the last of them leaves. A hand-over that reaches no
+process (an endpoint pickled twice for one child, a fork whose child never uses the queue)
+keeps the hold until the children are gone or the 60 seconds are over.
 
 **Exit.** Python does not promise to finalize module globals, ``multiprocessing`` children
 end with ``os._exit``, and a SIGTERM with Python's default handler ends the process without

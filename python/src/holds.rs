@@ -5,10 +5,14 @@
 //! module keeps them, counts this process's open endpoints per queue, and runs one watcher
 //! thread (Rust only: it never takes the GIL) while a hold exists. Every 20 ms the watcher
 //! lets go of each hold whose queue has no open endpoint in this process any more and
-//! either has had another process attach since the hand-over (a participant record changed
-//! under another pid: [`attached_since`]), or has another live process attached, or no live child
-//! process is left that could still attach (`/proc/self/task/*/children`), or was handed
-//! over [`GRACE`] ago. Python's sweep (`_lifecycle.sweep`) does the same at once when an
+//! either has seen as many other processes attach since the first hand-over as there were
+//! hand-overs (each pickle of an endpoint, each fork with one open: participant records
+//! that changed under other pids, [`attached_since`]; so a queue handed to two children
+//! outlives the first one's leaving), or has no live child process left that could still
+//! attach (`/proc/self/task/*/children`, multiprocessing's resource tracker aside), or was
+//! handed over [`GRACE`] ago. A hand-over that never reaches a process (an endpoint
+//! pickled twice for one child, a fork whose child does not use the queue) therefore
+//! keeps the hold until the children are gone or the grace period ends. Python's sweep (`_lifecycle.sweep`) does the same at once when an
 //! endpoint is opened or closed, with `multiprocessing`'s view of its children.
 //!
 //! **Fork.** All of it lives in a per-process state found through an atomic pointer and
@@ -31,8 +35,10 @@ struct Held {
     /// Held for its attachment alone; dropping it detaches.
     _sup: shmq::Supervisor,
     since: Instant,
-    /// The queue's participant records when the hold was taken (or last refreshed).
+    /// The queue's participant records when the hold was taken.
     before: Vec<shmq::info::RecordInfo>,
+    /// Hand-overs since then (pickles of an endpoint, forks with one open).
+    handovers: usize,
 }
 
 fn records(name: &str) -> Vec<shmq::info::RecordInfo> {
@@ -41,16 +47,22 @@ fn records(name: &str) -> Vec<shmq::info::RecordInfo> {
         .unwrap_or_default()
 }
 
-/// Whether a process other than this one attached to the queue (and maybe left again)
-/// since `before`: a record that changed and whose occupant is not us. Immune to timing:
-/// a child that attached and left between two looks still left its pid and a new
-/// generation behind.
-fn attached_since(before: &[shmq::info::RecordInfo], name: &str) -> bool {
+/// How many other processes attached to the queue (and maybe left again) since `before`:
+/// the distinct pids of records that changed and whose occupant is not us. Immune to
+/// timing: a child that attached and left between two looks still left its pid and a new
+/// generation behind. It can only undercount (a record reused twice shows its last
+/// occupant), which keeps a hold longer, never shorter.
+fn attached_since(before: &[shmq::info::RecordInfo], name: &str) -> usize {
     let me = std::process::id();
-    records(name)
+    let mut pids: Vec<u32> = records(name)
         .iter()
         .zip(before)
-        .any(|(now, then)| now != then && now.pid != me && now.pid != 0)
+        .filter(|(now, then)| now != then && now.pid != me && now.pid != 0)
+        .map(|(now, _)| now.pid)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.len()
 }
 
 #[derive(Default)]
@@ -128,13 +140,13 @@ pub fn hold(name: &str) -> Result<(), shmq::Error> {
     } else {
         Some(shmq::Supervisor::open(name)?)
     };
-    // A new hand-over needs new evidence: look at the records after our own hold joined.
-    let before = records(name);
+    // The records after our own hold joined: every process that attaches later shows.
+    let before = if refresh { Vec::new() } else { records(name) };
     let mut t = tables(s);
     match (t.holds.get_mut(name), sup) {
         (Some(h), _) => {
             h.since = Instant::now();
-            h.before = before;
+            h.handovers += 1;
         }
         (None, Some(sup)) => {
             t.holds.insert(
@@ -143,6 +155,7 @@ pub fn hold(name: &str) -> Result<(), shmq::Error> {
                     _sup: sup,
                     since: Instant::now(),
                     before,
+                    handovers: 1,
                 },
             );
         }
@@ -170,23 +183,6 @@ pub fn held_any() -> bool {
     !tables(state()).holds.is_empty()
 }
 
-/// Live processes other than this one attached to `name` (0 if it cannot be read).
-pub fn others(name: &str) -> usize {
-    let Ok(info) = shmq::info::inspect(name) else {
-        return 0;
-    };
-    let me = std::process::id();
-    let mut pids: Vec<u32> = info
-        .participants
-        .iter()
-        .filter(|p| p.alive && p.pid != me)
-        .map(|p| p.pid)
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids.len()
-}
-
 /// Whether this process has a child process that is not a zombie (one that could still
 /// attach a queue handed to it), from `/proc/self/task/*/children`. Unknown means yes.
 fn live_children() -> bool {
@@ -199,6 +195,15 @@ fn live_children() -> bool {
             return true;
         };
         for pid in list.split_whitespace() {
+            // multiprocessing's resource tracker never attaches a queue.
+            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                if cmd
+                    .windows(b"multiprocessing.resource_tracker".len())
+                    .any(|w| w == b"multiprocessing.resource_tracker")
+                {
+                    continue;
+                }
+            }
             // Gone meanwhile: not alive. The state follows the command name's ")".
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 match stat.rsplit_once(')') {
@@ -211,30 +216,31 @@ fn live_children() -> bool {
     false
 }
 
-/// Lets go of the holds no longer needed: no open endpoint here, and another process
-/// attached, or no child process can still attach (`no_children`, from Python's
-/// `multiprocessing`, or no live child at all), or the grace period over.
+/// Lets go of the holds no longer needed: no open endpoint here, and as many other
+/// processes attached as there were hand-overs, or no child process can still attach
+/// (`no_children`, from Python's `multiprocessing`, or no live child at all), or the grace
+/// period over.
 pub fn sweep(no_children: bool) {
     let s = state();
-    let candidates: Vec<(String, Instant, Vec<shmq::info::RecordInfo>)> = {
+    type Candidate = (String, Instant, Vec<shmq::info::RecordInfo>, usize);
+    let candidates: Vec<Candidate> = {
         let t = tables(s);
         t.holds
             .iter()
             .filter(|(name, _)| !t.local.contains_key(*name))
-            .map(|(name, h)| (name.clone(), h.since, h.before.clone()))
+            .map(|(name, h)| (name.clone(), h.since, h.before.clone(), h.handovers))
             .collect()
     };
     if candidates.is_empty() {
         return;
     }
     let no_children = no_children || !live_children();
-    for (name, since, before) in candidates {
+    for (name, since, before, handovers) in candidates {
         let gone = shmq::info::inspect(&name).is_err();
         if gone
             || no_children
             || since.elapsed() >= GRACE
-            || others(&name) > 0
-            || attached_since(&before, &name)
+            || attached_since(&before, &name) >= handovers
         {
             let h = {
                 let mut t = tables(s);

@@ -53,10 +53,17 @@ def wait_until(pred: Callable[[], bool], timeout: float = 30.0, what: str = "con
         time.sleep(0.005)
 
 
-def recv_conn(conn: Any, timeout: float = 60.0) -> Any:
-    """One object from a multiprocessing connection, failing instead of hanging."""
-    if not conn.poll(timeout):
-        raise AssertionError(f"no report from the child within {timeout}s")
+def recv_conn(conn: Any, timeout: float = 60.0, proc: Any = None) -> Any:
+    """One object from a multiprocessing connection, failing instead of hanging (at once
+    if ``proc``, the child that reports, died without reporting)."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.05):
+        if proc is not None and not proc.is_alive() and not conn.poll(0):
+            raise AssertionError(
+                f"child {proc.pid} exited with {proc.exitcode} without reporting"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no report from the child within {timeout}s")
     return conn.recv()
 
 
@@ -130,13 +137,6 @@ def dropin_consume(rx: Any, n: int | None, conn: Any) -> None:
     rx.close()
 
 
-def dropin_put_list(tx: Any, items: list[Any]) -> None:
-    for item in items:
-        tx.put(item)
-    assert tx.wait_for_all_ack(60)
-    tx.close()
-
-
 # ---------------------------------------------------------------------------------------
 # Child targets: native API
 
@@ -187,6 +187,48 @@ def global_native_produce(tag: int, n: int) -> None:
     for i in range(n):
         GLOBAL_TX.send(make_msg(tag, i))
     GLOBAL_TX.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Late attachment
+
+
+class Delay:
+    """Sleeps ``seconds`` when unpickled, so that the arguments after it (unpickled in
+    order under spawn/forkserver) attach that much later."""
+
+    def __init__(self, seconds: float, slept: bool = False) -> None:
+        self.seconds = seconds
+        self.slept = slept
+
+    def __reduce__(self) -> tuple[Any, tuple[float]]:
+        return (_delayed, (self.seconds,))
+
+
+def _delayed(seconds: float) -> Delay:
+    time.sleep(seconds)
+    return Delay(seconds, slept=True)
+
+
+def attach_then_wait(rx: Any, native: bool, attached: Any, go: Any) -> None:
+    """Attaches (by using the receiver once), says so, and leaves when told to."""
+    try:
+        rx.try_recv() if native else rx.get_nowait()
+    except queue.Empty:
+        pass
+    attached.set()
+    assert go.wait(60)
+    rx.close()
+
+
+def late_get(delay: Delay, rx: Any, native: bool, conn: Any) -> None:
+    """Uses the receiver only after ``delay`` (while unpickling, or here under fork)."""
+    if not delay.slept:
+        time.sleep(delay.seconds)
+    try:
+        conn.send(("got", rx.recv(timeout=30) if native else rx.get(timeout=30)))
+    except BaseException as e:
+        conn.send(("error", repr(e)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,11 +342,3 @@ def consume_forever(rx: Any, conn: Any) -> None:
         if first:
             conn.send(msg)
             first = False
-
-
-def exit_quietly(tx: Any, rx: Any) -> None:
-    """Attaches both (drop-in) endpoints by using them, then returns normally."""
-    tx.put(make_msg(9, 0))
-    rx.get(timeout=60)
-    tx.close()
-    rx.close()

@@ -160,7 +160,7 @@ def test_consumer_killed_holding_message_is_redelivered(sig):
     r, w = FORK.Pipe(duplex=False)
     with pu.Children(FORK) as ch:
         p = ch.start(pu.hold_bytes, rx, w)
-        assert pu.recv_conn(r, 60) == (payload, 1)
+        assert pu.recv_conn(r, 60, p) == (payload, 1)
         with pytest.raises(shmq.Empty):
             rx.try_recv()  # the child holds it: nothing for anyone else
         assert ch.kill(p, sig) == -sig
@@ -184,7 +184,7 @@ def test_consumer_killed_holding_numpy_views_is_redelivered():
     r, w = FORK.Pipe(duplex=False)
     with pu.Children(FORK) as ch:
         p = ch.start(pu.hold_views, rx, w)
-        values, writeable = pu.recv_conn(r, 60)
+        values, writeable = pu.recv_conn(r, 60, p)
         assert values == list(range(1000)) and writeable is False
         assert ch.kill(p) == -signal.SIGKILL
     got = [rx.recv_bytes(timeout=30) for _ in range(2)]
@@ -214,7 +214,7 @@ def test_killing_an_idle_consumer_does_not_starve_the_other():
         assert ch.kill(children[0]) == -signal.SIGKILL
         for i in range(20):
             tx.put(pu.make_msg(5, i), timeout=60)
-        got = [pu.recv_conn(conns[1], 60) for _ in range(20)]
+        got = [pu.recv_conn(conns[1], 60, children[1]) for _ in range(20)]
         assert got == [(5, i) for i in range(20)]  # all of them: none went to the dead one
         assert tx.wait_for_all_ack(30)
     tx.close()
@@ -275,7 +275,7 @@ def test_native_recv_raises_disconnected_when_only_producer_dies(when):
     r, w = FORK.Pipe(duplex=False)
     with pu.Children(FORK) as ch:
         p = ch.start(pu.send_then_wait, tx, True, 3, w)
-        assert pu.recv_conn(r, 60) == "sent"
+        assert pu.recv_conn(r, 60, p) == "sent"
         tx.close()  # the parent holds no sender
         assert [pu.decode(rx.recv(timeout=30)) for _ in range(3)] == [(3, i) for i in range(3)]
         if when == "before_recv":
@@ -306,7 +306,7 @@ def test_dropin_get_after_only_producer_dies_returns_its_messages_then_empty():
     r, w = FORK.Pipe(duplex=False)
     with pu.Children(FORK) as ch:
         p = ch.start(pu.send_then_wait, tx, False, 3, w)
-        assert pu.recv_conn(r, 60) == "sent"
+        assert pu.recv_conn(r, 60, p) == "sent"
         tx.close()
         assert ch.kill(p) == -signal.SIGKILL
     assert [pu.decode(rx.get(timeout=30)) for _ in range(3)] == [(3, i) for i in range(3)]
@@ -336,9 +336,9 @@ def test_nothing_left_after_killed_and_exited_children(method, sig):
         producer = ch.start(pu.produce_counting, tx, False, done, 0)
         quiet = [ch.start(pu.dropin_produce, tx, 9, 5, False),
                  ch.start(pu.native_produce, ntx, 2, 3)]
-        assert pu.recv_conn(hr, 60) == (b"held when killed", 1)
+        assert pu.recv_conn(hr, 60, holder) == (b"held when killed", 1)
         pu.wait_until(lambda: done.value >= 50, 60, "50 puts")
-        pu.recv_conn(cr, 60)  # the consumer has taken at least one message
+        pu.recv_conn(cr, 60, consumer)  # the consumer has taken at least one message
         for q in quiet:
             assert ch.join(q) == 0
         for child in (producer, consumer, holder):

@@ -83,7 +83,7 @@ def test_dropin_consumer_child(ctx, how):
         _drop(mine, "rx", how)
         for i in range(N):  # 60 messages through capacity 8: the child must keep up
             tx.put(pu.make_msg(2, i), timeout=60)
-        assert pu.recv_conn(r) == [(2, i) for i in range(N)]
+        assert pu.recv_conn(r, 60, p) == [(2, i) for i in range(N)]
         assert tx.wait_for_all_ack(30)
         assert ch.join(p) == 0
     tx.close()
@@ -100,7 +100,7 @@ def test_dropin_both_children(ctx, how):
         p = ch.start(pu.dropin_produce, mine["tx"], 3, N, True)
         _drop(mine, "rx", how)
         _drop(mine, "tx", how)
-        assert pu.recv_conn(r) == [(3, i) for i in range(N)]
+        assert pu.recv_conn(r, 60, c) == [(3, i) for i in range(N)]
         assert ch.join(p) == 0
         assert ch.join(c) == 0
 
@@ -132,6 +132,28 @@ def test_queue_leaves_dev_shm_when_parent_closes_after_child_left(ctx, api):
     assert pu.queue_files(name) == [], "still in /dev/shm 10 s after the last close"
 
 
+@pytest.mark.parametrize("api", ["dropin", "native"])
+def test_handover_to_two_children_survives_the_first_leaving(ctx, api):
+    """The parent hands its receiver to two children and closes its copies. The first
+    child attaches and leaves before the second one has attached (its arguments take
+    2 s to unpickle). The second must still find the queue, and the job waiting in it."""
+    native = api == "native"
+    tx, rx = shmq.channel(4) if native else shmq.create_shared_memory_pair(4)
+    attached, go = ctx.Event(), ctx.Event()
+    r, w = ctx.Pipe(duplex=False)
+    with pu.Children(ctx) as ch:
+        first = ch.start(pu.attach_then_wait, rx, native, attached, go)
+        assert attached.wait(60)
+        (tx.send if native else tx.put)("job")
+        second = ch.start(pu.late_get, pu.Delay(2.0), rx, native, w)
+        tx.close()
+        rx.close()
+        go.set()
+        assert ch.join(first) == 0
+        assert pu.recv_conn(r, 60, second) == ("got", "job")
+        assert ch.join(second) == 0
+
+
 def test_dropin_three_producers_two_consumers(ctx):
     M = 120
     tx, rx = shmq.create_shared_memory_pair(16)
@@ -148,7 +170,7 @@ def test_dropin_three_producers_two_consumers(ctx):
             assert ch.join(p) == 0
         for _ in consumers:  # one sentinel per consumer, behind every message
             tx.put(None, timeout=60)
-        results = [pu.recv_conn(r) for r in conns]
+        results = [pu.recv_conn(r, 60, c) for r, c in zip(conns, consumers)]
         for c in consumers:
             assert ch.join(c) == 0
     assert tx.wait_for_all_ack(30)
@@ -170,15 +192,19 @@ def test_native_three_producers_two_consumers(ctx):
             conns.append(r)
             consumers.append(ch.start(pu.native_consume, rx, w))
         producers = [ch.start(pu.native_produce, tx, tag, M) for tag in range(3)]
-        rx.close()
         for p in producers:
             assert ch.join(p) == 0
-        # The parent's sender kept the consumers from seeing "no sender" while the
-        # producers started; with it gone, their iteration ends once the queue is empty.
+        # The parent's endpoints kept the producers from seeing "no receiver" and the
+        # consumers from seeing "no sender" while the children started (a child that
+        # attached before the others would rightly get Disconnected). With the parent's
+        # sender gone, the consumers' iteration ends once the queue is empty. (The
+        # parent's receiver stays open until both consumers are done: closing it here
+        # too is test_handover_to_two_children_survives_the_first_leaving.)
         tx.close()
-        results = [pu.recv_conn(r) for r in conns]
+        results = [pu.recv_conn(r, 60, c) for r, c in zip(conns, consumers)]
         for c in consumers:
             assert ch.join(c) == 0
+        rx.close()
     counts = collections.Counter(m for got in results for m in got)
     assert counts == collections.Counter((t, s) for t in range(3) for s in range(M))
     for got in results:
@@ -228,7 +254,7 @@ def test_inherited_module_globals_under_fork():
             p = ch.start(pu.global_native_produce, 6, n)
             for i in range(n):
                 tx.put(pu.make_msg(1, i), timeout=60)
-            assert pu.recv_conn(r) == [(1, i) for i in range(n)]
+            assert pu.recv_conn(r, 60, c) == [(1, i) for i in range(n)]
             assert ch.join(c) == 0
             assert ch.join(p) == 0
     finally:
@@ -274,11 +300,11 @@ def test_sigint_interrupts_blocked_get_in_child(ctx, api):
         assert ready.wait(60)
         time.sleep(0.3)  # let it enter the blocking get (an earlier signal is fine too)
         os.kill(p.pid, signal.SIGINT)
-        kind, detail = pu.recv_conn(r, 60)
+        kind, detail = pu.recv_conn(r, 60, p)
         assert kind == "interrupted", (kind, detail)
         assert detail < 30, f"KeyboardInterrupt came only after {detail:.1f}s"
         (tx.send if native else tx.put)("after the interrupt")
-        assert pu.recv_conn(r, 60) == ("after", "after the interrupt")
+        assert pu.recv_conn(r, 60, p) == ("after", "after the interrupt")
         assert ch.join(p) == 0
     tx.close()
     rx.close()
