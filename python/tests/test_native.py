@@ -424,7 +424,18 @@ def test_one_gib_array_round_trips_zero_copy():
         rx.close()
 
 
-def test_ctrl_c_interrupts_a_blocked_recv_and_the_queue_stays_usable(pair):
+@pytest.fixture
+def ctrl_c():
+    """Python's own SIGINT handler, whatever this process inherited: a shell starts
+    background jobs with SIGINT ignored, and Python then leaves it ignored."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_interrupts_a_blocked_recv_and_the_queue_stays_usable(pair, ctrl_c):
     tx, rx = pair
     timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
