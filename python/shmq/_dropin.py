@@ -117,14 +117,19 @@ class SharedMemorySender:
             handle = _shmq.Sender(handle)
         self._h = handle
         self.name: str = handle.name
-        self._companion = _shmq.Receiver(self.name)
         self.capacity = capacity
+        self._closed = False
+        self._start_in_this_process()
+
+    def _start_in_this_process(self) -> None:
+        """This process's state of the sender: at creation, and again in a forked child
+        whose inherited sender is used (the core attaches its handle afresh there)."""
+        self._pid = _lifecycle.pid()
+        self._companion = _shmq.Receiver(self.name)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._waiting = 0  # threads waiting on _cond (for their own process's puts)
         self._reserved = 0
-        self._closed = False
-        self._pid = _lifecycle.pid()
         _lifecycle.register(self)
 
     # -- state --------------------------------------------------------------------------
@@ -138,15 +143,8 @@ class SharedMemorySender:
             raise BrokenPipeError("Sender is closed")
 
     def _fresh(self) -> None:
-        # A forked child's inherited sender: new local state (the core attaches it afresh).
         if self._pid != _lifecycle.pid():
-            self._pid = _lifecycle.pid()
-            self._lock = threading.Lock()
-            self._cond = threading.Condition(self._lock)
-            self._waiting = 0
-            self._reserved = 0
-            self._companion = _shmq.Receiver(self.name)
-            _lifecycle.register(self)
+            self._start_in_this_process()
 
     # -- put ------------------------------------------------------------------------------
 
@@ -209,7 +207,7 @@ class SharedMemorySender:
         if timeout is not None and math.isnan(timeout):
             raise ValueError("timeout must be a number of seconds, not NaN")
         if self._pid != _lifecycle._pid:
-            self._fresh()
+            self._start_in_this_process()
         if self._closed:
             raise BrokenPipeError("Sender is closed")
         deadline: float | None = None
@@ -360,10 +358,14 @@ class SharedMemoryReceiver:
             handle = _shmq.Receiver(handle)
         self._h = handle
         self.name: str = handle.name
-        self._companion = _shmq.Sender(self.name)
         self._capacity = capacity
         self._closed = False
+        self._start_in_this_process()
+
+    def _start_in_this_process(self) -> None:
+        """As the sender's: at creation, and in a forked child that uses it."""
         self._pid = _lifecycle.pid()
+        self._companion = _shmq.Sender(self.name)
         _lifecycle.register(self)
 
     @property
@@ -379,9 +381,7 @@ class SharedMemoryReceiver:
         if timeout is not None and math.isnan(timeout):
             raise ValueError("timeout must be a number of seconds, not NaN")
         if self._pid != _lifecycle._pid:
-            self._pid = _lifecycle.pid()
-            self._companion = _shmq.Sender(self.name)
-            _lifecycle.register(self)
+            self._start_in_this_process()
         try:
             msg = self._h.recv_bytes(False)  # the fast path: a message is waiting
         except (_errors.Empty, _errors.Closed, _errors.Disconnected):

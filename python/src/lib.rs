@@ -247,17 +247,24 @@ where
 // Handles shared by Sender and Receiver
 
 /// A core handle behind a lock, so `close()` in one thread can take it while another
-/// thread waits with its own `Arc` (the handle detaches when that wait returns).
+/// thread waits with its own `Arc` (the handle detaches when that wait returns). It counts
+/// itself among this process's open endpoints of its queue (`holds::opened`) from creation
+/// to `close` or drop, in the process that created it only.
 struct Slot<T> {
     inner: Mutex<Option<Arc<T>>>,
     closed: AtomicBool,
+    name: String,
+    pid: u32,
 }
 
 impl<T> Slot<T> {
-    fn new(v: T) -> Slot<T> {
+    fn new(v: T, name: &str) -> Slot<T> {
+        holds::opened(name);
         Slot {
             inner: Mutex::new(Some(Arc::new(v))),
             closed: AtomicBool::new(false),
+            name: name.to_string(),
+            pid: std::process::id(),
         }
     }
     fn lock(&self) -> MutexGuard<'_, Option<Arc<T>>> {
@@ -266,13 +273,23 @@ impl<T> Slot<T> {
     fn get(&self, py: Python<'_>, what: &str) -> PyResult<Arc<T>> {
         self.lock().clone().ok_or_else(|| closed_err(py, what))
     }
-    /// Returns the handle so the caller can drop it with the GIL released.
+    /// Returns the handle (the first time) so the caller can drop it with the GIL released.
     fn close(&self) -> Option<Arc<T>> {
         self.closed.store(true, Ordering::Release);
-        self.lock().take()
+        let h = self.lock().take();
+        if h.is_some() && self.pid == std::process::id() {
+            holds::closed(&self.name);
+        }
+        h
     }
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl<T> Drop for Slot<T> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -378,33 +395,28 @@ impl Wrapped {
     }
 }
 
-/// `Sender(name)` attaches to a queue by name; `Sender(<handle from create>)` wraps a new one.
-fn sender_from(py: Python<'_>, arg: &Bound<'_, PyAny>) -> PyResult<shmq::Sender> {
+/// `Sender(name)` / `Receiver(name)` attach to a queue by name; given a handle from
+/// [`create`] instead, they wrap it (`take` picks the right kind out of it).
+fn attach<T>(
+    py: Python<'_>,
+    arg: &Bound<'_, PyAny>,
+    take: impl FnOnce(WrappedInner) -> Option<T>,
+    open: impl FnOnce(&str) -> Result<T, shmq::Error> + Send,
+) -> PyResult<T>
+where
+    T: Send,
+{
     if let Ok(w) = arg.cast::<Wrapped>() {
-        if let Some(WrappedInner::Sender(tx)) = w.borrow().take() {
-            return Ok(tx);
-        }
-        return Err(PyValueError::new_err("this handle was already used"));
+        return w
+            .borrow()
+            .take()
+            .and_then(take)
+            .ok_or_else(|| PyValueError::new_err("this handle was already used"));
     }
     let name: String = arg
         .extract()
         .map_err(|_| PyTypeError::new_err("a queue name (str) is needed"))?;
-    py.detach(|| shmq::Sender::open(&name))
-        .map_err(|e| core_err(py, e))
-}
-
-fn receiver_from(py: Python<'_>, arg: &Bound<'_, PyAny>) -> PyResult<shmq::Receiver> {
-    if let Ok(w) = arg.cast::<Wrapped>() {
-        if let Some(WrappedInner::Receiver(rx)) = w.borrow().take() {
-            return Ok(rx);
-        }
-        return Err(PyValueError::new_err("this handle was already used"));
-    }
-    let name: String = arg
-        .extract()
-        .map_err(|_| PyTypeError::new_err("a queue name (str) is needed"))?;
-    py.detach(|| shmq::Receiver::open(&name))
-        .map_err(|e| core_err(py, e))
+    py.detach(|| open(&name)).map_err(|e| core_err(py, e))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -567,9 +579,6 @@ fn not_pickled(py: Python<'_>, why: &str) -> PyErr {
 #[pyclass(subclass, module = "shmq._shmq", name = "Sender")]
 struct PySender {
     h: Slot<shmq::Sender>,
-    name: String,
-    /// The process that opened it (and counted it in `holds::opened`).
-    pid: u32,
 }
 
 impl PySender {
@@ -604,31 +613,37 @@ impl PySender {
 
     /// Commits a filled loan, waiting as `wait` says for a place in the ring.
     fn commit(&self, py: Python<'_>, loan: shmq::Loan, wait: Wait) -> PyResult<()> {
-        let mut loan = Some(loan);
-        wait_loop(
-            py,
-            wait,
-            &self.h.closed,
-            "Sender",
-            |slice| {
-                let l = loan.take().expect("a loan to commit");
-                let r = match slice {
-                    None => l.try_send().map_err(|u| (u.loan, u.error.into())),
-                    Some(d) => l.send_timeout(d).map_err(|u| (u.loan, u.error)),
-                };
-                match r {
-                    Ok(()) => Ok(Some(())),
-                    Err((l, shmq::SendTimeoutError::Timeout)) => {
-                        loan = Some(l);
-                        Ok(None)
-                    }
-                    Err((_, e)) => Err(e),
-                }
-            },
-            send_err,
-            |py| raise(py, "Full", ("queue is full",)),
-        )
+        commit(py, loan, wait, &self.h.closed)
     }
+}
+
+/// Commits a filled loan, waiting as `wait` says for a place in the ring (the loan comes
+/// back from every attempt that found the ring full), until `closed` is set.
+fn commit(py: Python<'_>, loan: shmq::Loan, wait: Wait, closed: &AtomicBool) -> PyResult<()> {
+    let mut loan = Some(loan);
+    wait_loop(
+        py,
+        wait,
+        closed,
+        "Sender",
+        |slice| {
+            let l = loan.take().expect("a loan to commit");
+            let r = match slice {
+                None => l.try_send().map_err(|u| (u.loan, u.error.into())),
+                Some(d) => l.send_timeout(d).map_err(|u| (u.loan, u.error)),
+            };
+            match r {
+                Ok(()) => Ok(Some(())),
+                Err((l, shmq::SendTimeoutError::Timeout)) => {
+                    loan = Some(l);
+                    Ok(None)
+                }
+                Err((_, e)) => Err(e),
+            }
+        },
+        send_err,
+        |py| raise(py, "Full", ("queue is full",)),
+    )
 }
 
 fn fill(py: Python<'_>, total: usize, loan: &mut shmq::Loan, f: impl FnOnce(&mut [u8]) + Send) {
@@ -644,12 +659,14 @@ impl PySender {
     /// `Sender(name)`: attaches a new sender to the existing queue `name`.
     #[new]
     fn new(py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let tx = sender_from(py, name)?;
-        holds::opened(tx.name());
+        let take = |w| match w {
+            WrappedInner::Sender(tx) => Some(tx),
+            WrappedInner::Receiver(_) => None,
+        };
+        let tx = attach(py, name, take, shmq::Sender::open)?;
+        let name = tx.name().to_string();
         Ok(PySender {
-            name: tx.name().to_string(),
-            h: Slot::new(tx),
-            pid: std::process::id(),
+            h: Slot::new(tx, &name),
         })
     }
 
@@ -657,7 +674,7 @@ impl PySender {
     /// `Receiver(name)`.
     #[getter]
     fn name(&self) -> &str {
-        &self.name
+        &self.h.name
     }
 
     /// Whether `close()` was called.
@@ -746,10 +763,8 @@ impl PySender {
         let mut loan = self.loan_wait(py, nbytes, wait)?;
         let ptr = loan.as_mut_ptr() as usize;
         let len = loan.len();
-        let tx = self.handle(py)?;
         Ok(PyLoan {
             loan: Mutex::new(Some(loan)),
-            tx: Mutex::new(Some(tx)),
             ptr,
             len: AtomicUsize::new(len),
             exports: AtomicUsize::new(0),
@@ -792,32 +807,13 @@ impl PySender {
     /// Detaches this sender (idempotent). Messages it sent stay queued for receivers.
     fn close(&self, py: Python<'_>) {
         if let Some(h) = self.h.close() {
-            if self.pid == std::process::id() {
-                holds::closed(&self.name);
-            }
             py.detach(|| drop(h));
         }
     }
 
     fn __repr__(&self) -> String {
         let state = if self.h.is_closed() { "closed" } else { "open" };
-        format!("<shmq.Sender {:?} {state}>", self.name)
-    }
-}
-
-impl Drop for PySender {
-    fn drop(&mut self) {
-        if self.h.close().is_some() && self.pid == std::process::id() {
-            holds::closed(&self.name);
-        }
-    }
-}
-
-impl Drop for PyReceiver {
-    fn drop(&mut self) {
-        if self.h.close().is_some() && self.pid == std::process::id() {
-            holds::closed(&self.name);
-        }
+        format!("<shmq.Sender {:?} {state}>", self.h.name)
     }
 }
 
@@ -829,7 +825,6 @@ impl Drop for PyReceiver {
 #[pyclass(module = "shmq._shmq", name = "Loan")]
 struct PyLoan {
     loan: Mutex<Option<shmq::Loan>>,
-    tx: Mutex<Option<Arc<shmq::Sender>>>,
     /// The loan's bytes (stable while the core `Loan` lives).
     ptr: usize,
     len: AtomicUsize,
@@ -924,46 +919,13 @@ impl PyLoan {
     fn send(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<()> {
         let wait = Wait::from_py(block, timeout)?;
         let loan = self.take(py)?;
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(tx) = tx else {
-            return Err(raise(
-                py,
-                "Closed",
-                ("this loan was already sent or released",),
-            ));
-        };
-        let mut loan = Some(loan);
-        let closed = AtomicBool::new(false);
-        let _keep = &tx;
-        wait_loop(
-            py,
-            wait,
-            &closed,
-            "Sender",
-            |slice| {
-                let l = loan.take().expect("a loan to commit");
-                let r = match slice {
-                    None => l.try_send().map_err(|u| (u.loan, u.error.into())),
-                    Some(d) => l.send_timeout(d).map_err(|u| (u.loan, u.error)),
-                };
-                match r {
-                    Ok(()) => Ok(Some(())),
-                    Err((l, shmq::SendTimeoutError::Timeout)) => {
-                        loan = Some(l);
-                        Ok(None)
-                    }
-                    Err((_, e)) => Err(e),
-                }
-            },
-            send_err,
-            |py| raise(py, "Full", ("queue is full",)),
-        )
+        // The core loan keeps its participant (and so the queue) attached by itself.
+        commit(py, loan, wait, &AtomicBool::new(false))
     }
 
     /// Gives the buffer back unsent (no views may be open).
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         let l = self.take(py)?;
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
         py.detach(|| drop(l));
         Ok(())
     }
@@ -1003,9 +965,6 @@ impl PyLoan {
 #[pyclass(subclass, module = "shmq._shmq", name = "Receiver")]
 struct PyReceiver {
     h: Slot<shmq::Receiver>,
-    name: String,
-    /// The process that opened it (and counted it in `holds::opened`).
-    pid: u32,
 }
 
 #[pymethods]
@@ -1013,18 +972,20 @@ impl PyReceiver {
     /// `Receiver(name)`: attaches a new receiver to the existing queue `name`.
     #[new]
     fn new(py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let rx = receiver_from(py, name)?;
-        holds::opened(rx.name());
+        let take = |w| match w {
+            WrappedInner::Receiver(rx) => Some(rx),
+            WrappedInner::Sender(_) => None,
+        };
+        let rx = attach(py, name, take, shmq::Receiver::open)?;
+        let name = rx.name().to_string();
         Ok(PyReceiver {
-            name: rx.name().to_string(),
-            h: Slot::new(rx),
-            pid: std::process::id(),
+            h: Slot::new(rx, &name),
         })
     }
 
     #[getter]
     fn name(&self) -> &str {
-        &self.name
+        &self.h.name
     }
 
     #[getter]
@@ -1073,16 +1034,13 @@ impl PyReceiver {
     /// Detaches this receiver (idempotent).
     fn close(&self, py: Python<'_>) {
         if let Some(h) = self.h.close() {
-            if self.pid == std::process::id() {
-                holds::closed(&self.name);
-            }
             py.detach(|| drop(h));
         }
     }
 
     fn __repr__(&self) -> String {
         let state = if self.h.is_closed() { "closed" } else { "open" };
-        format!("<shmq.Receiver {:?} {state}>", self.name)
+        format!("<shmq.Receiver {:?} {state}>", self.h.name)
     }
 }
 
