@@ -75,6 +75,31 @@ pub fn shm_limit() -> Option<u64> {
     None
 }
 
+/// Fault injection (feature `fault-injection`): `SHMQ_FAULT_FALLOCATE_EINTR=<n>` makes the
+/// first `n` `posix_fallocate` calls of this process fail with `EINTR` without calling the
+/// kernel, as tmpfs does when a signal arrives while it allocates a large object. (The
+/// 6.18 kernel of the test machines never returned it under a 10 kHz signal storm, so a
+/// test cannot rely on a real signal.) Returns whether this call is one of them.
+pub fn fallocate_interrupted() -> bool {
+    #[cfg(all(feature = "fault-injection", not(shmq_loom)))]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LEFT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+        let left = LEFT.get_or_init(|| {
+            AtomicU64::new(
+                std::env::var("SHMQ_FAULT_FALLOCATE_EINTR")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            )
+        });
+        left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+    #[cfg(not(all(feature = "fault-injection", not(shmq_loom))))]
+    false
+}
+
 #[cfg(all(feature = "fault-injection", not(shmq_loom)))]
 mod imp {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -110,8 +110,12 @@ pub fn size_and_reserve(file: &File, len: u64) -> io::Result<()> {
         return Ok(());
     }
     loop {
-        // SAFETY: plain syscall on a descriptor we own.
-        let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+        let r = if crate::fault::fallocate_interrupted() {
+            libc::EINTR
+        } else {
+            // SAFETY: plain syscall on a descriptor we own.
+            unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) }
+        };
         match r {
             0 => return Ok(()),
             libc::EINTR => continue,
