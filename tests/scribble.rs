@@ -9,19 +9,19 @@ mod common;
 
 use common::{ShmGuard, Watchdog};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const TEST: &str = "scribbles_never_crash_hang_or_panic_a_participant";
 
-fn stopped(stop: &PathBuf) -> bool {
+fn stopped(stop: &Path) -> bool {
     stop.exists()
 }
 
 /// Child role: sends messages of every storage kind (inline and segment sizes) until the
 /// stop file appears; every outcome other than a panic or a signal is acceptable.
-fn producer(name: &str, stop: &PathBuf) {
+fn producer(name: &str, stop: &Path) {
     let tx = shmq::Sender::open(name).unwrap();
     let mut seq = 0u64;
     let mut outcomes = [0u64; 2];
@@ -45,7 +45,7 @@ fn producer(name: &str, stop: &PathBuf) {
 }
 
 /// Child role: receives and reads every byte of what it gets until the stop file appears.
-fn consumer(name: &str, stop: &PathBuf) {
+fn consumer(name: &str, stop: &Path) {
     let rx = shmq::Receiver::open(name).unwrap();
     let mut outcomes = [0u64; 2];
     let mut sum = 0u64;
