@@ -88,45 +88,64 @@ impl Participant {
         let _op = q.enter().ok_or_else(Error::closed)?;
         let s = q.shared();
         let me = self.idx();
-        let fits =
-            |i: u32| segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len;
-        // A payload in a segment tries the slot whose segment was freed last first (mapped
-        // and warm everywhere), then scans from this sender's cursor; an inline payload
-        // only scans: the hint line is written by every segment ack, and reading it on
-        // every small send would move it between cores twice per message.
-        let cursor = &self.cursor;
-        let hinted = || {
-            let hint = s.ctl.free_hint.load(Relaxed) as usize;
-            slots::take_if_free(&s, me, hint, fits)
-        };
-        let got = (!segment::is_inline(len))
-            .then(hinted)
-            .flatten()
-            .or_else(|| slots::alloc(&s, me, cursor.load(Relaxed) as usize, fits));
-        let Some((slot, word)) = got else {
-            return Ok(None);
-        };
-        cursor.store(slot.wrapping_add(1), Relaxed);
-        crate::fault::point("send.alloc");
-        let rec = &s.slots[slot as usize];
-        let (ptr, seg) = if segment::is_inline(len) {
-            (rec.inline.with_mut(|p| p as *mut u8), None)
-        } else {
+        // Slots whose segment object this process may not open (another user's, in a
+        // queue opened to several users by hand: outside the trust model, but a sender
+        // must not be stuck on them): passed over in this call. Empty, and not
+        // allocated, on every ordinary send.
+        let mut denied: Vec<u32> = Vec::new();
+        let mut denial: Option<Error> = None;
+        let (slot, word, ptr, seg) = loop {
+            let fits = |i: u32| {
+                (segment::is_inline(len) || s.slots[i as usize].seg_size.load(Relaxed) >= len)
+                    && !denied.contains(&i)
+            };
+            // A payload in a segment tries the slot whose segment was freed last first
+            // (mapped and warm everywhere), then scans from this sender's cursor; an
+            // inline payload only scans: the hint line is written by every segment ack,
+            // and reading it on every small send would move it between cores twice per
+            // message.
+            let cursor = &self.cursor;
+            let hinted = || {
+                let hint = s.ctl.free_hint.load(Relaxed) as usize;
+                slots::take_if_free(&s, me, hint, fits)
+            };
+            let got = (!segment::is_inline(len))
+                .then(hinted)
+                .flatten()
+                .or_else(|| slots::alloc(&s, me, cursor.load(Relaxed) as usize, fits));
+            let Some((slot, word)) = got else {
+                // Only slots we may not open are free: say so rather than wait on them.
+                return denial.map_or(Ok(None), Err);
+            };
+            cursor.store(slot.wrapping_add(1), Relaxed);
+            crate::fault::point("send.alloc");
+            if segment::is_inline(len) {
+                let p = s.slots[slot as usize].inline.with_mut(|p| p as *mut u8);
+                break (slot, word, p, None);
+            }
             let d = &q.dims;
             match q
                 .segs
                 .for_write(&s, slot, len, me, d.max_message_size, d.max_payload_bytes)
             {
-                Ok(seg) => (seg.ptr(), Some(seg)),
+                Ok(seg) => break (slot, word, seg.ptr(), Some(seg)),
                 Err(e) => {
                     slots::free(&s, slot, word);
-                    return match e {
-                        GrowError::PoolFull => Ok(None),
-                        GrowError::Failed(e) => Err(e),
-                    };
+                    match e {
+                        GrowError::PoolFull => return Ok(None),
+                        GrowError::Failed(e)
+                            if e.kind() == crate::ErrorKind::PermissionDenied
+                                && denied.len() < s.slots.len() =>
+                        {
+                            denied.push(slot);
+                            denial.get_or_insert(e);
+                        }
+                        GrowError::Failed(e) => return Err(e),
+                    }
                 }
             }
         };
+        let rec = &s.slots[slot as usize];
         // Owner-only fields (A2), published by the ring's commit. The storage kind is
         // recorded, never re-derived from `len`: `Loan::truncate` may shrink a segment
         // message to the inline size, and its bytes are still in the segment.

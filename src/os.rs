@@ -449,6 +449,28 @@ pub fn list_queue_names() -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Lists the payload segment objects in `/dev/shm` (`shmq.<name>.<digits>`) as (queue
+/// name, path).
+pub fn list_segments() -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(SHM_DIR)? {
+        let e = e?;
+        let n = e.file_name();
+        let Some(n) = n.to_str() else { continue };
+        let Some((name, slot)) = n.strip_prefix(PREFIX).and_then(|r| r.rsplit_once('.')) else {
+            continue;
+        };
+        if validate_name(name).is_ok()
+            && !slot.is_empty()
+            && slot.bytes().all(|b| b.is_ascii_digit())
+        {
+            out.push((name.to_string(), e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Removes every segment object of queue `name` (`shmq.<name>.<digits>`).
 /// Tries every one; returns the first failure (one already gone is no failure).
 pub fn unlink_segments(name: &str) -> io::Result<()> {

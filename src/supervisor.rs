@@ -396,6 +396,72 @@ impl Supervisor {
     }
 }
 
+/// Payload segments whose queue header is gone: the last process out of a queue removes
+/// its header and then its segments, and leaves segments behind when it is killed between
+/// the two, or when they belong to another user (a queue opened to several users by hand;
+/// it reports that on stderr). They are removed (or, in a dry run, listed) under the
+/// queue's name, or skipped with the reason. A segment changed less than 100 ms before
+/// this `gc` started is left alone: it may belong to a queue of the same name created
+/// since the header was found missing (sizing a segment sets its change time; the margin
+/// covers the file system's coarse clock, a few milliseconds behind).
+fn gc_orphan_segments(started: std::time::SystemTime, remove: bool, r: &mut GcReport) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(segments) = crate::os::list_segments() else {
+        return;
+    };
+    let cutoff = started
+        .checked_sub(Duration::from_millis(100))
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    let mut failed: Vec<String> = Vec::new();
+    let mut done: Vec<String> = Vec::new();
+    for (name, path) in segments {
+        if std::fs::symlink_metadata(crate::os::header_path(&name)).is_ok() {
+            continue; // its queue is there: the queue's own gc (or its last user) decides
+        }
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let changed = Duration::new(
+            m.ctime().max(0) as u64,
+            m.ctime_nsec().clamp(0, 999_999_999) as u32,
+        );
+        if !m.file_type().is_file() || changed >= cutoff {
+            continue;
+        }
+        if remove {
+            match crate::os::unlink(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    if !failed.contains(&name) {
+                        r.skipped.push((
+                            name.clone(),
+                            Error::io(
+                                format!(
+                                    "cannot remove {}, a payload segment whose queue header is gone",
+                                    path.display()
+                                ),
+                                e,
+                            ),
+                        ));
+                        failed.push(name);
+                    }
+                    continue;
+                }
+            }
+        }
+        if !done.contains(&name) {
+            done.push(name);
+        }
+    }
+    for name in done {
+        if !failed.contains(&name) && !r.removed.contains(&name) {
+            r.removed.push(name);
+        }
+    }
+}
+
 /// What [`gc`] did: the queues it removed (or, from [`gc_dry_run`], would remove), and
 /// every entry named like a queue that it left alone, with why (not a regular file, not a
 /// queue, another user's, a removal that failed). One such entry never stops the rest.
@@ -426,6 +492,7 @@ pub fn gc_dry_run() -> Result<GcReport, Error> {
 }
 
 fn gc_impl(remove: bool) -> Result<GcReport, Error> {
+    let started = std::time::SystemTime::now();
     let mut r = GcReport::default();
     for name in crate::os::list_queue_names().map_err(|e| Error::io("cannot list /dev/shm", e))? {
         match crate::queue::gc_one(&name, remove) {
@@ -434,6 +501,7 @@ fn gc_impl(remove: bool) -> Result<GcReport, Error> {
             Err(e) => r.skipped.push((name, e)),
         }
     }
+    gc_orphan_segments(started, remove, &mut r);
     if !remove {
         return Ok(r);
     }
