@@ -1,6 +1,7 @@
 //! Two users on one queue (issue 12, item 6). shmq's trust model is one user: objects are
 //! created mode 0600. A queue made accessible to another user by hand is outside it, but
-//! at its border nothing may get stuck or leak silently: a receiver that cannot open a
+//! at its border nothing may get stuck or leak silently: another user opening a private
+//! queue is refused with `PermissionDenied`, a receiver that cannot open a
 //! segment the other user created passes over it (another receiver takes it), a sender
 //! whose slot holds the other user's segment sends through another slot, the last one
 //! out reports what it could not remove, and `gc` run by the owner of what is left
@@ -63,6 +64,9 @@ fn owner(name: &str, dir: &Path) {
         .max_message_size(1 << 20)
         .create()
         .unwrap();
+    // Private first (mode 0600): the guest must be refused.
+    common::touch(dir.join("private"));
+    wait_file(dir, "refused");
     std::fs::set_permissions(
         common::header_path(name),
         std::fs::Permissions::from_mode(0o666),
@@ -101,6 +105,11 @@ fn owner(name: &str, dir: &Path) {
 /// could not.
 fn guest(name: &str, dir: &Path) {
     become_user(GUEST);
+    wait_file(dir, "private");
+    let e = shmq::Sender::open(name).unwrap_err();
+    assert_eq!(e.kind(), shmq::ErrorKind::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("no permission"), "{e}");
+    common::touch(dir.join("refused"));
     wait_file(dir, "created");
     let tx = shmq::Sender::open(name).unwrap();
     let rx = shmq::Receiver::open(name).unwrap();
