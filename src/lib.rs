@@ -90,6 +90,8 @@ mod handles;
 #[cfg(not(shmq_loom))]
 pub mod info;
 #[cfg(not(shmq_loom))]
+mod iter;
+#[cfg(not(shmq_loom))]
 mod os;
 #[cfg(not(shmq_loom))]
 mod queue;
@@ -108,6 +110,8 @@ pub use error::{
 };
 #[cfg(not(shmq_loom))]
 pub use handles::{Loan, Message, Receiver, Sender, Unsent};
+#[cfg(not(shmq_loom))]
+pub use iter::{IntoIter, Iter, TryIter};
 #[cfg(not(shmq_loom))]
 pub use queue::{Delivery, Supervision};
 #[cfg(not(shmq_loom))]
