@@ -948,8 +948,9 @@ def write_outputs(outdir: str, meta: dict, runs: list[dict], pingpong: list[dict
     summary = summarize(runs, systems)
     plots = make_plots(outdir, summary, systems)
     with open(os.path.join(outdir, "results.json"), "w") as f:
+        # Compact (no indentation): a full run (~1,100 repetitions) is ~860 KB, not 1.1 MB.
         json.dump({"meta": meta, "summary": summary, "runs": runs, "pingpong": pingpong}, f,
-                  indent=1, default=str)
+                  separators=(",", ":"), default=str)
     write_markdown(os.path.join(outdir, "results.md"), meta, summary, pingpong, systems, plots)
     return summary
 

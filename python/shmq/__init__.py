@@ -144,6 +144,9 @@ class Sender(_Endpoint, _shmq.Sender):
         unchanged and leaves the queue untouched.
         """
         stream, raws, bufs = _pickling.dumps(obj)
+        if not bufs:
+            self.send_parts(stream, raws, block, timeout)
+            return
         try:
             self.send_parts(stream, raws, block, timeout)
         finally:

@@ -43,7 +43,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,45 @@ const DETACH_BYTES: usize = 64 * 1024;
 const ALIGN: usize = 64;
 const MAGIC: &[u8; 8] = b"shmqPK5\0";
 const HEADER: usize = 24;
+
+// ---------------------------------------------------------------------------------------
+// This process's id
+
+/// `getpid` is a system call (~0.15 µs here), and a received message checked it three or
+/// four times, so it is cached: cleared in a forked child by a `pthread_atfork` handler
+/// (installed when the module loads; until then, and if that fails, nothing is cached).
+static PID: AtomicU32 = AtomicU32::new(0);
+static PID_CACHE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
+}
+
+fn install_pid_cache() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a function without arguments that only stores to an atomic
+        // (async-signal-safe, as a handler running in a forked child must be).
+        if unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } == 0 {
+            PID_CACHE.store(true, Ordering::Relaxed);
+        }
+    });
+}
+
+/// This process's id (as `std::process::id()`).
+fn pid() -> u32 {
+    if !PID_CACHE.load(Ordering::Relaxed) {
+        return std::process::id();
+    }
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = std::process::id();
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Exceptions (defined in Python, `shmq/_errors.py`, so they can subclass `queue.Full` etc.)
@@ -264,7 +303,7 @@ impl<T> Slot<T> {
             inner: Mutex::new(Some(Arc::new(v))),
             closed: AtomicBool::new(false),
             name: name.to_string(),
-            pid: std::process::id(),
+            pid: pid(),
         }
     }
     fn lock(&self) -> MutexGuard<'_, Option<Arc<T>>> {
@@ -277,7 +316,7 @@ impl<T> Slot<T> {
     fn close(&self) -> Option<Arc<T>> {
         self.closed.store(true, Ordering::Release);
         let h = self.lock().take();
-        if h.is_some() && self.pid == std::process::id() {
+        if h.is_some() && self.pid == pid() {
             holds::closed(&self.name);
         }
         h
@@ -768,7 +807,7 @@ impl PySender {
             ptr,
             len: AtomicUsize::new(len),
             exports: AtomicUsize::new(0),
-            pid: std::process::id(),
+            pid: pid(),
         })
     }
 
@@ -834,7 +873,7 @@ struct PyLoan {
 
 impl PyLoan {
     fn take(&self, py: Python<'_>) -> PyResult<shmq::Loan> {
-        if self.pid != std::process::id() {
+        if self.pid != pid() {
             return Err(raise(
                 py,
                 "Forked",
@@ -864,7 +903,7 @@ impl PyLoan {
         flags: c_int,
     ) -> PyResult<()> {
         let me = slf.borrow();
-        if me.pid != std::process::id() {
+        if me.pid != pid() {
             return Err(PyBufferError::new_err(
                 "this loan belongs to the parent process",
             ));
@@ -1068,7 +1107,7 @@ impl PyMessage {
             delivery_count: m.delivery_count(),
             m: Mutex::new(Some(m)),
             exports: AtomicUsize::new(0),
-            pid: std::process::id(),
+            pid: pid(),
         }
     }
 
@@ -1078,7 +1117,7 @@ impl PyMessage {
 
     /// The payload, if this process may read it.
     fn bytes(&self) -> PyResult<&[u8]> {
-        if self.pid != std::process::id() {
+        if self.pid != pid() {
             return Err(PyBufferError::new_err(
                 "this message belongs to the parent process",
             ));
@@ -1339,7 +1378,7 @@ fn peers(py: Python<'_>, name: String) -> PyResult<(usize, u64)> {
     let info = py
         .detach(|| shmq::info::inspect(&name))
         .map_err(|e| core_err(py, e))?;
-    let me = std::process::id();
+    let me = pid();
     let mut pids: Vec<u32> = info
         .participants
         .iter()
@@ -1374,6 +1413,7 @@ fn release_all(py: Python<'_>) {
 
 #[pymodule]
 fn _shmq(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    install_pid_cache();
     m.add_class::<PySender>()?;
     m.add_class::<PyReceiver>()?;
     m.add_class::<PyLoan>()?;
