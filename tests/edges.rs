@@ -372,16 +372,17 @@ fn a_scribbled_segment_size_does_not_fill_the_payload_pool() {
         .unwrap();
     tx.send(&vec![7u8; MAX as usize]).unwrap();
     let held = rx.recv().unwrap();
-    // Slot records: 256 bytes each from slots_off (layout.rs Geometry::new: parts at 1024,
-    // 128 bytes per participant, then 8 per cell, rounded up to 256); seg_size at +32.
-    let slots_off = (1024 + 128 * 4 + 8 * 4u64).div_ceil(256) * 256;
+    // seg_size is at +32 of a slot record.
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(g.header_path())
         .unwrap();
     for s in 0..8u64 {
-        f.write_all_at(&(1u64 << 50).to_ne_bytes(), slots_off + 256 * s + 32)
-            .unwrap();
+        f.write_all_at(
+            &(1u64 << 50).to_ne_bytes(),
+            common::slot_field_offset(4, 4, s, 32),
+        )
+        .unwrap();
     }
     for i in 0..20u8 {
         let r = tx.send_timeout(&vec![i; MAX as usize / 2], Duration::from_secs(5));

@@ -91,15 +91,13 @@ fn a_failed_receive_is_yielded_and_the_iteration_goes_on() {
     let g = ShmGuard::new("iterfail");
     let (tx, rx) = queue(&g, 4);
     tx.send(b"scribbled").unwrap();
-    // Slot records: 256 bytes each from (1024 + 128 × 4 participants + 8 × 4 cells)
-    // rounded up to 256 (layout.rs); the storage kind at +48.
-    let slots_off = (1024 + 128 * 4 + 8 * 4u64).div_ceil(256) * 256;
+    // The storage kind is at +48 of a slot record.
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(g.header_path())
         .unwrap();
     for s in 0..8u64 {
-        f.write_all_at(&99u64.to_ne_bytes(), slots_off + 256 * s + 48)
+        f.write_all_at(&99u64.to_ne_bytes(), common::slot_field_offset(4, 4, s, 48))
             .unwrap();
     }
     tx.send(b"intact").unwrap(); // its sender writes its own slot's kind

@@ -645,3 +645,11 @@ pub fn assert_error_style(what: &str, s: &str) {
         "{what}: Display should not end with a period: {s:?}"
     );
 }
+
+/// Byte offset in a queue's header of field `field_off` of slot record `slot`, for a queue
+/// made with `max_participants` and `capacity` (layout.rs `Geometry::new`: participant
+/// records at 1024, 128 bytes each, then 8 bytes per ring cell, rounded up to 256; slot
+/// records of 256 bytes from there). For tests that scribble over one field.
+pub fn slot_field_offset(max_participants: u64, capacity: u64, slot: u64, field_off: u64) -> u64 {
+    (1024 + 128 * max_participants + 8 * capacity).div_ceil(256) * 256 + 256 * slot + field_off
+}
